@@ -1,0 +1,121 @@
+# sidewall — container-scoped network policy for Kubernetes, with Cilium.
+#
+# Every target has a `## help` line; `make help` lists them. Tools are built
+# from the Go module proxy into bin/ at pinned versions and are skipped when
+# the pinned version is already there.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+BIN := bin
+K8S_BIN := $(BIN)/k8s
+GO ?= go
+
+KUBE_VERSION      := v1.36.3
+ETCD_VERSION      := v3.6.5
+CONTROLLER_GEN_VERSION := v0.23.0
+CLANG_VERSION     := 19
+
+# envtest finds kube-apiserver and etcd here.
+export KUBEBUILDER_ASSETS := $(CURDIR)/$(K8S_BIN)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+GO_TEST_FLAGS ?= -count=1 -timeout 30m
+
+.PHONY: help
+help: ## List every target with what it does.
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_.-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Tools
+
+.PHONY: tools
+tools: $(K8S_BIN)/kube-apiserver $(K8S_BIN)/etcd $(BIN)/controller-gen $(BIN)/hubble ## Build kube-apiserver, etcd, controller-gen and hubble into bin/ (skips what is there at the pinned version).
+
+# Each tool is built to a versioned file; the plain name is a symlink to it,
+# so bumping a version rebuilds and an unchanged version is skipped.
+$(BIN)/kube-apiserver-$(KUBE_VERSION):
+	@mkdir -p $(BIN)
+	@echo ">> building kube-apiserver $(KUBE_VERSION) (first time: about 9 minutes)"
+	cd hack/tools/kube-apiserver && $(GO) build -o $(CURDIR)/$@ k8s.io/kubernetes/cmd/kube-apiserver
+
+$(BIN)/etcd-$(ETCD_VERSION):
+	@mkdir -p $(BIN)
+	@echo ">> building etcd $(ETCD_VERSION) (first time: about 1 minute)"
+	cd hack/tools/etcd && $(GO) build -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3
+
+$(K8S_BIN)/kube-apiserver: $(BIN)/kube-apiserver-$(KUBE_VERSION)
+	@mkdir -p $(K8S_BIN)
+	ln -sf ../$(notdir $<) $@
+
+$(K8S_BIN)/etcd: $(BIN)/etcd-$(ETCD_VERSION)
+	@mkdir -p $(K8S_BIN)
+	ln -sf ../$(notdir $<) $@
+
+$(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION):
+	@mkdir -p $(BIN)/.cg
+	@echo ">> installing controller-gen $(CONTROLLER_GEN_VERSION)"
+	GOBIN=$(CURDIR)/$(BIN)/.cg $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv $(BIN)/.cg/controller-gen $@
+
+$(BIN)/controller-gen: $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+	ln -sf $(notdir $<) $@
+
+# hubble is the stock CLI, built from the cilium module that go.mod pins
+# (declared there as a tool), so it always matches the Observer API we serve.
+HUBBLE_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/cilium/cilium 2>/dev/null)
+$(BIN)/hubble-$(HUBBLE_VERSION):
+	@mkdir -p $(BIN)
+	@echo ">> building hubble CLI $(HUBBLE_VERSION) (first time: about 1.5 minutes)"
+	$(GO) build -o $@ github.com/cilium/cilium/hubble
+
+$(BIN)/hubble: $(BIN)/hubble-$(HUBBLE_VERSION)
+	ln -sf $(notdir $<) $@
+
+.PHONY: clang
+clang: ## Install the pinned clang/llvm/bpftool from Debian if missing (needed only by `make generate`).
+	@command -v clang-$(CLANG_VERSION) >/dev/null && command -v llvm-strip-$(CLANG_VERSION) >/dev/null || { \
+	  echo ">> installing clang-$(CLANG_VERSION) from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-$(CLANG_VERSION) llvm-$(CLANG_VERSION) libbpf-dev >/dev/null; }
+
+.PHONY: test-deps
+test-deps: ## Install the Debian packages the kernel tests use (iproute2, iptables, iperf3).
+	@command -v ip >/dev/null && command -v iptables >/dev/null && command -v iperf3 >/dev/null || { \
+	  echo ">> installing iproute2 iptables iperf3 from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables iperf3 >/dev/null; }
+
+##@ Development
+
+.PHONY: generate
+generate: clang $(BIN)/controller-gen ## Regenerate BPF objects (bpf2go) and CRD/deepcopy/RBAC (controller-gen).
+	BPF_CLANG=clang-$(CLANG_VERSION) BPF_STRIP=llvm-strip-$(CLANG_VERSION) $(GO) generate ./bpfext/...
+	$(BIN)/controller-gen object paths=./crds/...
+	$(BIN)/controller-gen crd paths=./crds/... output:crd:artifacts:config=crds/bases
+	$(BIN)/controller-gen rbac:roleName=sidewall-controller paths=./translator/... output:rbac:artifacts:config=install/rbac
+
+.PHONY: verify-generated
+verify-generated: generate ## Fail if committed generated code differs from a fresh `make generate`.
+	@git diff --exit-code --stat -- bpfext crds install/rbac || { \
+	  echo "generated files are stale: run 'make generate' and commit the result"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- bpfext crds install/rbac); \
+	  if [ -n "$$untracked" ]; then echo "generated files not committed: $$untracked"; exit 1; fi
+
+.PHONY: build
+build: ## Build the controller and agent binaries into bin/.
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: lint
+lint: ## go vet and a gofmt check.
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+.PHONY: test
+test: tools test-deps verify-generated lint ## Run the whole test suite (real kernel, real kube-apiserver+etcd). Needs root.
+	$(GO) test $(GO_TEST_FLAGS) ./...
+
+.PHONY: bench
+bench: tools test-deps ## Run the benchmarks and print the figures as ratios.
+	@hack/bench.sh
+
+.PHONY: clean
+clean: ## Remove bin/ (the built tools).
+	rm -rf $(BIN)
