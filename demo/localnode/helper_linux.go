@@ -1,0 +1,195 @@
+package localnode
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	helperEnv    = "SIDEWALL_LOCALNODE_HELPER"
+	identEnv     = "SIDEWALL_LOCALNODE_IDENT"
+	readyMarker  = "READY"
+	resultMarker = "RESULT "
+)
+
+// A binary that imports localnode is also its helper: started with
+// SIDEWALL_LOCALNODE_HELPER=1 it runs the built-in server or client and
+// exits before main (or the test framework) starts.
+func init() {
+	if os.Getenv(helperEnv) != "1" {
+		return
+	}
+	os.Exit(helperMain(os.Args[1:]))
+}
+
+// result is the client's report, one JSON line after resultMarker.
+type result struct {
+	OK      bool   `json:"ok"`
+	Op      string `json:"op,omitempty"`
+	Errno   int    `json:"errno,omitempty"`
+	Timeout bool   `json:"timeout,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Status  int    `json:"status,omitempty"`
+	Reply   string `json:"reply,omitempty"`
+}
+
+func helperMain(args []string) int {
+	go exitWithParent()
+	ident := os.Getenv(identEnv)
+	usage := func() int {
+		fmt.Fprintln(os.Stderr, "usage: serve tcp|udp|http PORT | dial tcp|udp ADDR TIMEOUT | http METHOD URL TIMEOUT")
+		return 2
+	}
+	if len(args) < 3 {
+		return usage()
+	}
+	switch args[0] {
+	case "serve":
+		if err := serve(args[1], args[2], ident); err != nil {
+			fmt.Fprintln(os.Stderr, "serve:", err)
+			return 1
+		}
+		return 0
+	case "dial", "http":
+		if len(args) < 4 {
+			return usage()
+		}
+		timeout, err := time.ParseDuration(args[3])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "timeout:", err)
+			return 2
+		}
+		var r result
+		if args[0] == "dial" {
+			r = dial(args[1], args[2], ident, timeout)
+		} else {
+			r = httpRequest(args[1], args[2], timeout)
+		}
+		b, _ := json.Marshal(r)
+		fmt.Printf("%s%s\n", resultMarker, b)
+		return 0
+	}
+	return usage()
+}
+
+// exitWithParent ends an orphaned helper: the harness that started it is
+// gone (a test binary that crashed), so nobody would stop it.
+func exitWithParent() {
+	ppid := os.Getppid()
+	for range time.Tick(250 * time.Millisecond) {
+		if os.Getppid() != ppid {
+			os.Exit(3)
+		}
+	}
+}
+
+func serve(proto, port, ident string) error {
+	addr := ":" + port
+	switch proto {
+	case "tcp", "http":
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		fmt.Println(readyMarker, ln.Addr())
+		if proto == "http" {
+			return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				fmt.Fprintf(w, "%s %s %s", ident, r.Method, r.URL.Path)
+			}))
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					if _, err := fmt.Fprintf(c, "%s %s\n", ident, sc.Text()); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	case "udp":
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return err
+		}
+		fmt.Println(readyMarker, pc.LocalAddr())
+		buf := make([]byte, 64*1024)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return err
+			}
+			_, _ = pc.WriteTo([]byte(ident+" "+strings.TrimSpace(string(buf[:n]))+"\n"), from)
+		}
+	}
+	return fmt.Errorf("proto %q: want tcp, udp or http", proto)
+}
+
+func dial(network, addr, ident string, timeout time.Duration) result {
+	deadline := time.Now().Add(timeout)
+	c, err := (&net.Dialer{Deadline: deadline}).Dial(network, addr)
+	if err != nil {
+		return failure("connect", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(deadline)
+	if _, err := fmt.Fprintf(c, "hello from %s\n", ident); err != nil {
+		return failure("send", err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return failure("receive", err)
+	}
+	return result{OK: true, Reply: strings.TrimSpace(line)}
+}
+
+func httpRequest(method, url string, timeout time.Duration) result {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		return result{Op: "request", Error: err.Error()}
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		r := failure("request", err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			r.Timeout = true
+		}
+		return r
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+	return result{OK: true, Status: resp.StatusCode, Reply: string(body)}
+}
+
+func failure(op string, err error) result {
+	r := result{Op: op, Error: err.Error()}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		r.Errno = int(errno)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		r.Timeout = true
+	}
+	return r
+}
