@@ -1,0 +1,224 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Types shared by every sidewall program and, through bpf2go -type, by the
+ * Go API. Changing a layout here changes the pinned maps: the loader refuses
+ * to adopt pins whose layout differs, so bump nothing silently. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* Cilium's reserved identities, so Cilium's numbers can be used unchanged. */
+#define IDENTITY_WORLD 2
+
+/* A zero peer or protocol in a rule key is the wildcard. */
+#define PEER_ANY 0
+#define PROTO_ANY 0
+/* Pod-local peer whose container is not known: matches only wildcards. */
+#define LOCAL_PEER_UNKNOWN 0xffffffff
+
+/* linux/in.h would pull in the build host's asm/byteorder.h. */
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_SCTP 132
+
+enum direction {
+	DIR_EGRESS = 0,
+	DIR_INGRESS = 1,
+};
+
+enum verdict {
+	VERDICT_ALLOW = 0,
+	VERDICT_DENY = 1,
+	VERDICT_AUDIT = 2, /* would have been denied; allowed by audit mode */
+};
+
+enum reason {
+	REASON_NONE = 0,
+	REASON_RULE_ALLOW = 1,   /* an allow rule matched */
+	REASON_RULE_DENY = 2,    /* a deny rule matched */
+	REASON_DEFAULT_DENY = 3, /* restricted direction, no allow rule */
+	REASON_EXCLUSIVE = 4,    /* grant exclusive to a sibling container */
+	REASON_REPLY = 5,        /* reply of a flow allowed the other way */
+	REASON_UNRESTRICTED = 6, /* direction not restricted, nothing denies */
+	REASON_UNCLASSIFIED = 7, /* cgroup of a restricted pod not yet classified */
+	REASON_TRUNCATED = 8,    /* headers shorter than they claim */
+	REASON_FRAGMENT = 9,     /* non-first fragment: no ports to match */
+	REASON_UNKNOWN_L4 = 10,  /* L4 protocol sidewall cannot match */
+	REASON_NO_VERDICT = 11,  /* verdict program slot empty: fail closed */
+	REASON_MALFORMED = 12,   /* not IPv4/IPv6 */
+	REASON_SELF = 13,        /* pod-local traffic of a container to itself */
+	REASON_MAX = 16,
+};
+
+enum hook {
+	HOOK_SKB = 0,
+	HOOK_CONNECT = 1,
+	HOOK_SENDMSG = 2,
+};
+
+/* container_info.flags */
+#define CF_EGRESS_RESTRICTED (1 << 0)
+#define CF_INGRESS_RESTRICTED (1 << 1)
+#define CF_AUDIT (1 << 2)
+#define CF_DENY_ALL (1 << 3)  /* unclassified cgroup of a restricted pod */
+#define CF_FAIL_OPEN (1 << 4) /* allow when the verdict program is missing */
+
+/* rule_info.action */
+#define RA_ALLOW (1 << 0)
+#define RA_DENY (1 << 1)
+#define RA_EXCLUSIVE (1 << 2) /* the deny enforces a sibling's exclusive grant */
+
+/* rule_key.flags: bit 0 direction, bit 1 pod-local peer, bits 2..6 port prefix length */
+#define RK_INGRESS (1 << 0)
+#define RK_LOCAL (1 << 1)
+#define RK_PLEN_SHIFT 2
+
+#define PORT_PLENS 17 /* 0 (any port) .. 16 (one port) */
+
+/* Value of the containers map, keyed by cgroup id (u64). */
+struct container_info {
+	__u32 policy_id;
+	__u32 pod_id;
+	__u32 container_id; /* pod-local number used by intra-pod rules */
+	__u32 flags;
+};
+
+/* Value of the pods map, keyed by pod id (u32). */
+struct pod_info {
+	__u32 ip4;     /* network order; 0 = none */
+	__u8 ip6[16];  /* all zero = none */
+	__u32 flags;
+};
+
+/* Rule key; a port range is stored as several aligned port prefixes. */
+struct rule_key {
+	__u32 policy_id;
+	__u32 peer;   /* identity, or container id when RK_LOCAL; 0 = any */
+	__u16 port;   /* host order, low 16-plen bits zero */
+	__u8 proto;   /* 0 = any */
+	__u8 flags;
+};
+
+struct rule_info {
+	__u32 rule_id;
+	__u8 action;
+	__u8 pad[3];
+};
+
+/* Per policy, which port prefix lengths exist per direction, peer kind and
+ * wildcard combination, so the verdict probes only keys that can exist.
+ * Index: [dir*8 + local*4 + peer_any*2 + proto_any], bit n = prefix length n. */
+struct policy_info {
+	__u32 plens[16];
+};
+
+struct ip4_lpm_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct ip6_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct ip6_addr {
+	__u8 addr[16];
+};
+
+/* (pod, proto, port) of a pod-local socket -> its cgroup, from bind() and
+ * from the source port of pod-local packets. */
+struct local_port_key {
+	__u32 pod_id;
+	__u16 port; /* host order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct flow_key {
+	__u64 cgroup_id;
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 proto;
+	__u8 origin; /* direction of the packet that opened the flow */
+	__u8 family;
+	__u8 pad;
+};
+
+struct flow_info {
+	__u64 first_seen_ns;
+	__u32 policy_id;
+	__u32 pad;
+};
+
+/* sw_config[0]: an epoch the Go side bumps on every map change, so cached
+ * socket verdicts of an older epoch are decided again. */
+struct config {
+	__u64 epoch;
+	__u64 flags;
+};
+
+#define CONFIG_NO_SOCKET_CACHE (1 << 0)
+
+/* A socket's last allowed verdict per direction: a connected socket's
+ * packets skip the identity, rule and flow lookups while nothing changed. */
+struct verdict_cache_entry {
+	__u64 epoch;
+	__u64 cgroup_id;
+	__u8 remote[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 proto;
+	__u8 family;
+	__u8 reason;
+	__u8 valid;
+};
+
+struct verdict_cache {
+	struct verdict_cache_entry dir[2];
+};
+
+/* Ring buffer record: one per deny, per audit, per new allowed flow. */
+struct event {
+	__u64 timestamp_ns;   /* bpf_ktime_get_ns */
+	__u64 cgroup_id;      /* cgroup the packet/socket belongs to */
+	__u64 policy_cgroup;  /* cgroup whose entry classified it (it or an ancestor) */
+	__u64 socket_cookie;
+	__u32 policy_id;
+	__u32 rule_id;
+	__u32 peer_identity;  /* identity, or container id for pod-local peers */
+	__u32 container_id;
+	__u8 saddr[16];       /* packet source, IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u16 sport;          /* host order */
+	__u16 dport;
+	__u8 family;          /* 4 or 6 */
+	__u8 proto;
+	__u8 direction;
+	__u8 verdict;
+	__u8 reason;
+	__u8 hook;
+	__u8 local;           /* pod-local traffic */
+	__u8 new_flow;
+};
+
+/* Counter index: ((dir * 3) + verdict) * REASON_MAX + reason, then extras. */
+#define COUNTER_EVENTS_LOST (2 * 3 * REASON_MAX)
+#define COUNTER_UNKNOWN_CGROUP (COUNTER_EVENTS_LOST + 1)
+#define COUNTERS_MAX (COUNTER_EVENTS_LOST + 8)
+
+/* skb->cb[] handoff from the entry program to the verdict program: the
+ * classification, so the verdict need not look the container up again. */
+#define CB_CGROUP_LO 0
+#define CB_CGROUP_HI 1
+#define CB_POLICY 2
+#define CB_POD 3
+#define CB_FLAGS 4 /* container flags in the low 16 bits, CB_MAGIC in the high 16 */
+#define CB_MAGIC 0x5357 /* "SW": cb was written by a sidewall entry */
+
+#define MAX_CGROUP_LEVEL 32

@@ -1,0 +1,220 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+
+/* cgroup/connect4|6 and cgroup/sendmsg4|6: the same verdict, decided at the
+ * socket call so a denied connect() fails at once with EPERM instead of
+ * timing out on silently dropped SYNs. They see the address the application
+ * asked for (a service VIP, before any socket load balancer that runs after
+ * them); cgroup_skb stays the authoritative check on the wire address.
+ * cgroup/bind4|6 remember which container owns a pod-local port, so both
+ * ends of pod-local traffic can be decided. */
+
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/verdict.h"
+
+/* One PROG_ARRAY per attach type (the kernel ties an array to its owner's
+ * expected attach type). Slot 0 holds the verdict. */
+#define CALLS(name)                                       \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);    \
+		__uint(key_size, 4);                      \
+		__uint(value_size, 4);                    \
+		__uint(max_entries, 1);                   \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);      \
+	} name SEC(".maps")
+
+CALLS(sw_calls_connect4);
+CALLS(sw_calls_connect6);
+CALLS(sw_calls_sendmsg4);
+CALLS(sw_calls_sendmsg6);
+
+static __always_inline __u64 classify_current(struct container_info **out)
+{
+	__u64 leaf = bpf_get_current_cgroup_id();
+	struct container_info *ci = container_lookup(leaf);
+
+	*out = ci;
+	if (ci)
+		return leaf;
+	for (int level = MAX_CGROUP_LEVEL - 1; level >= 0; level--) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (!id || id == leaf)
+			continue;
+		ci = container_lookup(id);
+		if (ci) {
+			*out = ci;
+			return id;
+		}
+	}
+	return 0;
+}
+
+static __always_inline int sock_entry(struct bpf_sock_addr *ctx, void *calls)
+{
+	struct container_info *ci;
+	__u32 flags;
+
+	classify_current(&ci);
+	if (!ci)
+		return 1;
+	flags = ci->flags;
+	bpf_tail_call(ctx, calls, 0);
+	if (flags & CF_FAIL_OPEN)
+		return 1;
+	count_verdict(DIR_EGRESS, VERDICT_DENY, REASON_NO_VERDICT);
+	return 0;
+}
+
+static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, __u8 hook)
+{
+	struct container_info ci, *cip;
+	struct decision d = {};
+	struct tuple t = {};
+	__u64 cgid, leaf, cookie, owner = 0;
+	__u32 peer;
+	__u8 local;
+
+	cgid = classify_current(&cip);
+	if (!cip)
+		return 1;
+	ci = *cip;
+	t.proto = ctx->protocol;
+	/* Other protocols (ping sockets, raw) are left to cgroup_skb. */
+	if (t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP)
+		return 1;
+	t.family = family;
+	t.has_ports = 1;
+	t.dport = bpf_ntohs((__u16)ctx->user_port);
+	if (family == 4) {
+		*(__u32 *)t.daddr = ctx->user_ip4;
+	} else {
+		__u32 *w = (__u32 *)t.daddr;
+
+		w[0] = ctx->user_ip6[0];
+		w[1] = ctx->user_ip6[1];
+		w[2] = ctx->user_ip6[2];
+		w[3] = ctx->user_ip6[3];
+		/* A dual-stack socket reaching an IPv4 peer (::ffff:a.b.c.d) sends
+		 * IPv4 on the wire: decide it as IPv4, as cgroup_skb will. */
+		if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
+			w[0] = w[3];
+			w[1] = w[2] = w[3] = 0;
+			t.family = 4;
+		}
+	}
+	leaf = bpf_get_current_cgroup_id();
+	cookie = bpf_get_socket_cookie(ctx);
+
+	local = is_pod_local(t.family, t.daddr, ci.pod_id);
+	if (local) {
+		owner = local_port_owner(ci.pod_id, t.proto, t.dport);
+		peer = local_container_id(owner);
+	} else {
+		peer = resolve_identity(t.family, t.daddr);
+	}
+	decide(&ci, DIR_EGRESS, local, peer, t.proto, t.dport, 1, &d);
+	if (d.verdict != VERDICT_ALLOW) {
+		emit_event(hook, DIR_EGRESS, leaf, cgid, cookie, &ci, &t, &d, 0);
+		if (d.verdict == VERDICT_DENY)
+			return 0;
+	}
+
+	/* Pod-local: the receiving container's ingress rules decide too, so a
+	 * connect they would drop fails now rather than after retries. */
+	if (local && owner) {
+		struct container_info *rcv = container_lookup(owner);
+		struct decision rd = {};
+
+		if (rcv && rcv->container_id != ci.container_id) {
+			struct container_info r = *rcv;
+
+			decide(&r, DIR_INGRESS, 1, ci.container_id, t.proto, t.dport, 1, &rd);
+			if (rd.verdict != VERDICT_ALLOW) {
+				emit_event(hook, DIR_INGRESS, owner, owner, cookie, &r, &t, &rd, 0);
+				if (rd.verdict == VERDICT_DENY)
+					return 0;
+			}
+		}
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sw_entry_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_entry(ctx, &sw_calls_connect4);
+}
+
+SEC("cgroup/connect4")
+int sw_verdict_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_verdict(ctx, 4, HOOK_CONNECT);
+}
+
+SEC("cgroup/connect6")
+int sw_entry_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_entry(ctx, &sw_calls_connect6);
+}
+
+SEC("cgroup/connect6")
+int sw_verdict_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_verdict(ctx, 6, HOOK_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int sw_entry_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_entry(ctx, &sw_calls_sendmsg4);
+}
+
+SEC("cgroup/sendmsg4")
+int sw_verdict_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_verdict(ctx, 4, HOOK_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int sw_entry_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_entry(ctx, &sw_calls_sendmsg6);
+}
+
+SEC("cgroup/sendmsg6")
+int sw_verdict_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_verdict(ctx, 6, HOOK_SENDMSG);
+}
+
+static __always_inline int bind_record(struct bpf_sock_addr *ctx)
+{
+	struct container_info *ci;
+	__u64 cgid = classify_current(&ci);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	struct local_port_key k = {};
+
+	if (!ci || !port)
+		return 1;
+	k.pod_id = ci->pod_id;
+	k.port = port;
+	k.proto = ctx->protocol;
+	bpf_map_update_elem(&sw_local_ports, &k, &cgid, BPF_ANY);
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int sw_bind4(struct bpf_sock_addr *ctx)
+{
+	return bind_record(ctx);
+}
+
+SEC("cgroup/bind6")
+int sw_bind6(struct bpf_sock_addr *ctx)
+{
+	return bind_record(ctx);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,314 @@
+package bpfext
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/sidewall/sidewall/bpfext/objs"
+)
+
+// DefaultPinDir is where the node agent pins the datapath.
+const DefaultPinDir = "/sys/fs/bpf/sidewall"
+
+// DefaultBPFFSRoot is where bpffs is mounted if it is absent.
+const DefaultBPFFSRoot = "/sys/fs/bpf"
+
+// Slot names one verdict program slot: one per entry program type, as the
+// kernel only tail-calls between programs of one type and attach type.
+type Slot uint8
+
+const (
+	SlotEgress Slot = iota
+	SlotIngress
+	SlotConnect4
+	SlotConnect6
+	SlotSendmsg4
+	SlotSendmsg6
+	slotCount
+)
+
+func (s Slot) String() string {
+	return [...]string{"egress", "ingress", "connect4", "connect6", "sendmsg4", "sendmsg6", "unknown"}[min(int(s), int(slotCount))]
+}
+
+// Slots lists every verdict slot.
+func Slots() []Slot {
+	return []Slot{SlotEgress, SlotIngress, SlotConnect4, SlotConnect6, SlotSendmsg4, SlotSendmsg6}
+}
+
+// Options configures [Load].
+type Options struct {
+	// PinDir is the bpffs directory holding the pinned maps and links;
+	// DefaultPinDir when empty. Tests use a unique directory each.
+	PinDir string
+	// BPFFSRoot is mounted as bpffs when PinDir's filesystem is not bpffs;
+	// DefaultBPFFSRoot when empty.
+	BPFFSRoot string
+	// MaxEntries overrides map sizes by map name (e.g. "sw_rules"). Only
+	// effective when the map is created; adopting a pin of another size fails.
+	MaxEntries map[string]uint32
+	// KeepVerdicts leaves the verdict slots as pinned (an agent restart that
+	// must not change the verdict). By default Load installs its own verdict
+	// programs, which is how a new agent version upgrades the verdict.
+	KeepVerdicts bool
+}
+
+// Datapath is the loaded datapath: the pinned maps, the entry programs to
+// attach and the built-in verdict programs.
+type Datapath struct {
+	mu     sync.Mutex // serialises epoch and config updates
+	pinDir string
+	skb    objs.SkbObjects
+	sock   objs.SockObjects
+}
+
+// ErrNotAttached is returned by Detach for a cgroup without sidewall links.
+var ErrNotAttached = errors.New("cgroup not attached")
+
+// Load loads the datapath objects, creating or adopting the maps pinned
+// under opts.PinDir, and installs the verdict programs into their slots.
+func Load(opts Options) (*Datapath, error) {
+	if opts.PinDir == "" {
+		opts.PinDir = DefaultPinDir
+	}
+	if opts.BPFFSRoot == "" {
+		opts.BPFFSRoot = DefaultBPFFSRoot
+	}
+	_, statErr := os.Stat(opts.PinDir)
+	fresh := errors.Is(statErr, os.ErrNotExist)
+	if err := ensureBPFFS(opts.BPFFSRoot, opts.PinDir); err != nil {
+		return nil, err
+	}
+	d, err := load(opts)
+	if err != nil && fresh {
+		// Pins this failed load created would outlive it; adopted pins stay.
+		os.RemoveAll(opts.PinDir)
+	}
+	return d, err
+}
+
+func load(opts Options) (*Datapath, error) {
+	if err := os.MkdirAll(filepath.Join(opts.PinDir, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir: %w", err)
+	}
+
+	skbSpec, err := objs.LoadSkb()
+	if err != nil {
+		return nil, fmt.Errorf("parse cgroup_skb object: %w", err)
+	}
+	sockSpec, err := objs.LoadSock()
+	if err != nil {
+		return nil, fmt.Errorf("parse sock_addr object: %w", err)
+	}
+	for name, n := range opts.MaxEntries {
+		found := false
+		for _, spec := range []*ebpf.CollectionSpec{skbSpec, sockSpec} {
+			if m, ok := spec.Maps[name]; ok {
+				m.MaxEntries = n
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("max entries: no map named %q", name)
+		}
+	}
+
+	d := &Datapath{pinDir: opts.PinDir}
+	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+	if err := skbSpec.LoadAndAssign(&d.skb, copts); err != nil {
+		return nil, fmt.Errorf("load cgroup_skb objects: %w", verifierError(err))
+	}
+	// Maps pinned by name: the sock_addr object adopts the ones just pinned.
+	if err := sockSpec.LoadAndAssign(&d.sock, copts); err != nil {
+		d.skb.Close()
+		return nil, fmt.Errorf("load sock_addr objects: %w", verifierError(err))
+	}
+	if !opts.KeepVerdicts {
+		for _, s := range Slots() {
+			if err := d.SetVerdict(s, d.VerdictProgram(s)); err != nil {
+				d.Close()
+				return nil, err
+			}
+		}
+	}
+	// A new epoch: socket verdicts cached before this load are decided again.
+	if err := d.bumpEpoch(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// verifierError keeps a verifier rejection printable in full: %+v of
+// *ebpf.VerifierError prints the whole log, %v only its last lines.
+func verifierError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%w\n%+v", err, ve)
+	}
+	return err
+}
+
+func ensureBPFFS(root, pinDir string) error {
+	if err := os.MkdirAll(pinDir, 0o700); err == nil {
+		var st unix.Statfs_t
+		if err := unix.Statfs(pinDir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", root, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", root, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs at %s: %w", root, err)
+		}
+	}
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		return fmt.Errorf("create pin dir: %w", err)
+	}
+	if err := unix.Statfs(pinDir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin dir %s is not on bpffs", pinDir)
+	}
+	return nil
+}
+
+// PinDir returns the bpffs directory of this datapath.
+func (d *Datapath) PinDir() string { return d.pinDir }
+
+// Close releases this process's handles. Pinned maps, verdict slots and
+// attached links stay and keep enforcing.
+func (d *Datapath) Close() error {
+	return errors.Join(d.skb.Close(), d.sock.Close())
+}
+
+// Unpin removes every pin of this datapath (maps and links, which detaches
+// the cgroups) and the pin directory. For uninstall and tests.
+func (d *Datapath) Unpin() error {
+	var errs []error
+	if _, err := d.detachAll(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, m := range d.maps() {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin map: %w", err))
+		}
+	}
+	if err := os.RemoveAll(d.pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove pin dir: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Datapath) callsMap(s Slot) (*ebpf.Map, error) {
+	switch s {
+	case SlotEgress:
+		return d.skb.SwCallsEgress, nil
+	case SlotIngress:
+		return d.skb.SwCallsIngress, nil
+	case SlotConnect4:
+		return d.sock.SwCallsConnect4, nil
+	case SlotConnect6:
+		return d.sock.SwCallsConnect6, nil
+	case SlotSendmsg4:
+		return d.sock.SwCallsSendmsg4, nil
+	case SlotSendmsg6:
+		return d.sock.SwCallsSendmsg6, nil
+	}
+	return nil, fmt.Errorf("verdict slot %d: unknown slot", s)
+}
+
+// VerdictProgram returns the built-in verdict program of a slot (for
+// BPF_PROG_TEST_RUN and for restoring the slot after a swap).
+func (d *Datapath) VerdictProgram(s Slot) *ebpf.Program {
+	switch s {
+	case SlotEgress:
+		return d.skb.SwVerdictEgress
+	case SlotIngress:
+		return d.skb.SwVerdictIngress
+	case SlotConnect4:
+		return d.sock.SwVerdictConnect4
+	case SlotConnect6:
+		return d.sock.SwVerdictConnect6
+	case SlotSendmsg4:
+		return d.sock.SwVerdictSendmsg4
+	case SlotSendmsg6:
+		return d.sock.SwVerdictSendmsg6
+	}
+	return nil
+}
+
+// SetVerdict swaps the verdict program of a slot for every attached cgroup
+// at once. The program must have the slot's type and attach type and use
+// this datapath's maps (load it with [Datapath.MapReplacements]).
+// A nil program empties the slot: the entry programs then deny for every
+// classified cgroup without FailOpen.
+func (d *Datapath) SetVerdict(s Slot, p *ebpf.Program) error {
+	m, err := d.callsMap(s)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		if err := m.Delete(uint32(0)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("clear verdict slot %s: %w", s, err)
+		}
+		return d.bumpEpoch()
+	}
+	if err := m.Put(uint32(0), p); err != nil {
+		return fmt.Errorf("set verdict slot %s: %w", s, err)
+	}
+	// Sockets must not keep verdicts the old program cached.
+	return d.bumpEpoch()
+}
+
+// MapsByName returns the pinned maps by their C name, for loading a
+// replacement verdict program with ebpf.CollectionOptions.MapReplacements.
+func (d *Datapath) MapsByName() map[string]*ebpf.Map {
+	m := d.skb.SkbMaps
+	s := d.sock.SockMaps
+	return map[string]*ebpf.Map{
+		objs.SkbMapSwCallsEgress: m.SwCallsEgress, objs.SkbMapSwCallsIngress: m.SwCallsIngress,
+		objs.SkbMapSwCidr4: m.SwCidr4, objs.SkbMapSwCidr6: m.SwCidr6,
+		objs.SkbMapSwContainers: m.SwContainers, objs.SkbMapSwCounters: m.SwCounters,
+		objs.SkbMapSwEvents: m.SwEvents, objs.SkbMapSwFlows: m.SwFlows,
+		objs.SkbMapSwIdent4: m.SwIdent4, objs.SkbMapSwIdent6: m.SwIdent6,
+		objs.SkbMapSwLocalPorts: m.SwLocalPorts, objs.SkbMapSwPods: m.SwPods,
+		objs.SkbMapSwPolicies: m.SwPolicies, objs.SkbMapSwRules: m.SwRules,
+		objs.SkbMapSwConfig: m.SwConfig, objs.SkbMapSwSockCache: m.SwSockCache,
+		objs.SockMapSwCallsConnect4: s.SwCallsConnect4, objs.SockMapSwCallsConnect6: s.SwCallsConnect6,
+		objs.SockMapSwCallsSendmsg4: s.SwCallsSendmsg4, objs.SockMapSwCallsSendmsg6: s.SwCallsSendmsg6,
+	}
+}
+
+func (d *Datapath) maps() []*ebpf.Map {
+	var out []*ebpf.Map
+	for _, m := range d.MapsByName() {
+		out = append(out, m)
+	}
+	return out
+}
+
+// MapReplacements returns the pinned maps that spec declares, for
+// ebpf.CollectionOptions.MapReplacements when loading a replacement verdict
+// program that must share this datapath's maps. It sets the spec's sizes
+// to the pinned maps' (a replacement must match its spec).
+func (d *Datapath) MapReplacements(spec *ebpf.CollectionSpec) map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	for name, m := range d.MapsByName() {
+		if ms, ok := spec.Maps[name]; ok {
+			ms.MaxEntries = m.MaxEntries()
+			out[name] = m
+		}
+	}
+	return out
+}

@@ -1,0 +1,8 @@
+// Package objs holds the BPF objects of the sidewall datapath as compiled by
+// bpf2go from ../bpf: one object per attach point, with the Go mirrors of
+// the C structs shared with userspace. It holds nothing else; loading,
+// pinning and attaching live in package bpfext.
+package objs
+
+//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -Wall -Werror -I../bpf/include -I../bpf" -type event -type container_info -type pod_info -type rule_key -type rule_info -type policy_info -type local_port_key -type flow_key -type flow_info -type ip4_lpm_key -type ip6_lpm_key -type ip6_addr Skb ../bpf/cgroup_skb.c
+//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -Wall -Werror -I../bpf/include -I../bpf" Sock ../bpf/sock_addr.c
