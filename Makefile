@@ -78,10 +78,10 @@ clang: ## Install the pinned clang/llvm/bpftool from Debian if missing (needed o
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-$(CLANG_VERSION) llvm-$(CLANG_VERSION) libbpf-dev >/dev/null; }
 
 .PHONY: test-deps
-test-deps: ## Install the Debian packages the kernel tests use (iproute2, iptables, iperf3).
-	@command -v ip >/dev/null && command -v iptables >/dev/null && command -v iperf3 >/dev/null || { \
+test-deps: ## Install the Debian packages the kernel tests use (iproute2, iptables, iperf3, jq).
+	@command -v ip >/dev/null && command -v iptables >/dev/null && command -v iperf3 >/dev/null && command -v jq >/dev/null || { \
 	  echo ">> installing iproute2 iptables iperf3 from Debian"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables iperf3 >/dev/null; }
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables iperf3 jq util-linux >/dev/null; }
 
 ##@ Development
 

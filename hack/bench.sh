@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark of sidewall in one run, printed side by side.
+# The machines are noisy, so each section compares within one run and prints
+# ratios where there is a baseline. Figures are printed, never asserted.
+# BENCH_ONLY=translator,controller,datapath,observer,agent,node picks sections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+only=",${BENCH_ONLY:-translator,controller,datapath,observer,agent,node},"
+want() { [[ "$only" == *",$1,"* ]]; }
+section() { printf '\n######## %s\n' "$*"; }
+gobench() { # package, regexp, benchtime
+	go test -count=1 -run '^$' -bench "$2" -benchtime "$3" -benchmem "$1" |
+		grep -E '^(Benchmark|ok|FAIL|---)' || true
+}
+
+if want translator; then
+	section "translator: one typical policy (10 rules, 2 with L7); target < 100 µs/op"
+	gobench ./translator 'BenchmarkTo(CNP|RuleSet)$' 2000x
+fi
+
+if want controller; then
+	section "controller: converge 1,000 ContainerNetworkPolicies into CNPs on envtest; targets < 60 s, < 200 MB"
+	go run ./hack/bench/controller
+fi
+
+if want datapath; then
+	section "datapath: verdict cost (BPF_PROG_TEST_RUN) and UDP pps vs iptables cgroup match"
+	hack/bench-datapath.sh
+fi
+
+if want observer; then
+	section "observer: flows per second to one 'hubble observe --follow' client"
+	gobench ./bpfext/observer 'FollowThroughput|Convert' 100000x
+fi
+
+if want agent && [ -x hack/bench-agent.sh ]; then
+	section "agent: time from pod status to enforcement, restart programming time and memory"
+	hack/bench-agent.sh
+fi
+
+if want node; then
+	section "node: cgroup watcher latency (mkdir -> event) and local-node pod start"
+	gobench ./bpfext/cgroups 'WatcherLatency' 200x
+	gobench ./demo/localnode 'RunPod' 20x
+fi
