@@ -92,11 +92,14 @@ generate: clang $(BIN)/controller-gen ## Regenerate BPF objects (bpf2go) and CRD
 	$(BIN)/controller-gen crd paths=./crds/... output:crd:artifacts:config=crds/bases
 	$(BIN)/controller-gen rbac:roleName=sidewall-controller paths=./translator/... output:rbac:artifacts:config=install/rbac
 
+# What `make generate` writes.
+GENERATED := 'bpfext/**/*_bpfel.go' 'bpfext/**/*_bpfel.o' 'crds/**/zz_generated.*.go' crds/bases install/rbac
+
 .PHONY: verify-generated
 verify-generated: generate ## Fail if committed generated code differs from a fresh `make generate`.
-	@git diff --exit-code --stat -- bpfext crds install/rbac || { \
+	@git diff --exit-code --stat -- $(GENERATED) || { \
 	  echo "generated files are stale: run 'make generate' and commit the result"; exit 1; }
-	@untracked=$$(git ls-files --others --exclude-standard -- bpfext crds install/rbac); \
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED)); \
 	  if [ -n "$$untracked" ]; then echo "generated files not committed: $$untracked"; exit 1; fi
 
 .PHONY: build
