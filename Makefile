@@ -91,9 +91,11 @@ generate: clang $(BIN)/controller-gen ## Regenerate BPF objects (bpf2go) and CRD
 	$(BIN)/controller-gen object paths=./crds/...
 	$(BIN)/controller-gen crd paths=./crds/... output:crd:artifacts:config=crds/bases
 	$(BIN)/controller-gen rbac:roleName=sidewall-controller paths=./translator/... output:rbac:artifacts:config=install/rbac
+	$(GO) generate ./install/...
 
 # What `make generate` writes.
-GENERATED := 'bpfext/**/*_bpfel.go' 'bpfext/**/*_bpfel.o' 'crds/**/zz_generated.*.go' crds/bases install/rbac
+GENERATED := 'bpfext/**/*_bpfel.go' 'bpfext/**/*_bpfel.o' 'crds/**/zz_generated.*.go' crds/bases install/rbac \
+	install/helm/sidewall/crds install/helm/sidewall/files
 
 .PHONY: verify-generated
 verify-generated: generate ## Fail if committed generated code differs from a fresh `make generate`.
@@ -118,6 +120,18 @@ test: tools test-deps verify-generated lint ## Run the whole test suite (real ke
 .PHONY: bench
 bench: tools test-deps ## Run the benchmarks and print the figures as ratios.
 	@hack/bench.sh
+
+##@ Images
+
+REGISTRY ?=
+VERSION  ?= dev
+IMAGE_PREFIX := $(if $(REGISTRY),$(REGISTRY)/)sidewall
+
+.PHONY: images
+images: ## Build the controller and agent images (needs a Docker engine; none runs on the project's machines).
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine"; exit 1; }
+	docker build -f install/docker/controller.Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE_PREFIX)/sidewall-controller:$(VERSION) .
+	docker build -f install/docker/agent.Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE_PREFIX)/sidewall-agent:$(VERSION) .
 
 .PHONY: clean
 clean: ## Remove bin/ (the built tools).
