@@ -121,6 +121,14 @@ test: tools test-deps verify-generated lint ## Run the whole test suite (real ke
 bench: tools test-deps ## Run the benchmarks and print the figures as ratios.
 	@hack/bench.sh
 
+##@ Demo
+
+.PHONY: demo
+demo: tools test-deps ## Run the local demo as root: real control plane, controller, agent, a pod with a sidecar, real traffic and hubble (ARGS=--keep leaves it running).
+	@echo ">> building the demo (first time: about 1 minute)"
+	$(GO) build -o $(BIN)/sidewall-demo ./demo/local
+	$(BIN)/sidewall-demo $(ARGS)
+
 ##@ Images
 
 REGISTRY ?=

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/crds/testenv"
+	"github.com/sidewall/sidewall/demo/localnode"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestServe runs the agent as main wires it, against a real API server
+// without Cilium (so --identity-source auto picks local identities) and a
+// local node's kubepods cgroup: it must become ready, answer the stock
+// hubble CLI, and stop cleanly leaving its pins for the next agent.
+func TestServe(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test loads BPF and creates cgroups and needs root")
+	}
+	env := testenv.New(t, testenv.Options{SkipCiliumCRDs: true})
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	node, err := localnode.New(ctx, localnode.Options{Client: cs})
+	if err != nil {
+		t.Fatalf("localnode.New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := node.Close(); err != nil {
+			t.Errorf("close local node: %v", err)
+		}
+	})
+	b := make([]byte, 4)
+	rand.Read(b)
+	pinDir := filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-main-test-"+hex.EncodeToString(b))
+	t.Cleanup(func() {
+		dp, err := bpfext.Load(bpfext.Options{PinDir: pinDir})
+		if err == nil {
+			err = errors.Join(dp.Unpin(), dp.Close())
+		}
+		if err != nil {
+			t.Errorf("unpin: %v", err)
+		}
+	})
+	hubbleAddr, httpAddr := freeAddr(t), freeAddr(t)
+	sock := filepath.Join(t.TempDir(), "hubble.sock")
+	cg := node.CgroupConfig()
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(sctx, slog.New(slog.NewTextHandler(io.Discard, nil)), options{
+			nodeName: node.Name(), kubeconfig: env.Kubeconfig, pinDir: pinDir, cgroups: cg,
+			hubbleSock: sock, hubbleAddr: hubbleAddr, httpAddr: httpAddr, idSource: "auto",
+			clusterName: "default", resync: time.Minute,
+		})
+	}()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready after 30s (last: %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "sidewall_reconcile_duration_seconds_count") {
+		t.Errorf("metrics lack the reconcile histogram:\n%s", body)
+	}
+	for _, server := range []string{hubbleAddr, "unix://" + sock} {
+		out, err := exec.CommandContext(ctx, filepath.Join("..", "..", "bin", "hubble"), "status", "--server", server).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Healthcheck") {
+			t.Errorf("hubble status --server %s: %v\n%s", server, err, out)
+		}
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	if _, err := os.Stat(pinDir); err != nil {
+		t.Errorf("pins gone after the agent stopped: %v", err)
+	}
+}

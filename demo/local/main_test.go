@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sidewall/sidewall/demo/localnode"
+)
+
+// The test binary is also the demo: started with demoEnv set it runs main,
+// so the end-to-end tests run the demo exactly as `make demo` does (its own
+// process, its own signal handling and exit status), minus building tools.
+const demoEnv = "SIDEWALL_DEMO_UNDER_TEST"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(demoEnv) == "1" {
+		main()
+	}
+	os.Exit(m.Run())
+}
+
+// demoRun is a running demo process and its output so far.
+type demoRun struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan struct{}
+	err  error
+}
+
+func startDemo(t *testing.T, args ...string) *demoRun {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the demo loads BPF and creates cgroups and network namespaces: run this test as root")
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), demoEnv+"=1")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	r := &demoRun{cmd: cmd, done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start demo: %v", err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			r.mu.Lock()
+			r.out.WriteString(sc.Text() + "\n")
+			r.mu.Unlock()
+		}
+	}()
+	go func() {
+		r.err = cmd.Wait()
+		pw.Close()
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			// A failed test must not leave the demo's pods and pins
+			// behind: SIGINT runs the demo's own cleanup.
+			_ = cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-r.done:
+			case <-time.After(time.Minute):
+				_ = cmd.Process.Kill()
+			}
+		}
+	})
+	return r
+}
+
+func (r *demoRun) output() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out.String()
+}
+
+// wait waits for the demo to exit and returns its exit status.
+func (r *demoRun) wait(t *testing.T, limit time.Duration) int {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(limit):
+		t.Fatalf("demo did not finish within %s; output so far:\n%s", limit, r.output())
+	}
+	// The reader may still be draining the pipe.
+	time.Sleep(100 * time.Millisecond)
+	var exit *exec.ExitError
+	if errors.As(r.err, &exit) {
+		return exit.ExitCode()
+	}
+	if r.err != nil {
+		t.Fatalf("demo: %v", r.err)
+	}
+	return 0
+}
+
+// paths the demo says it made, to check that they are gone after it.
+var madePaths = []*regexp.Regexp{
+	regexp.MustCompile(`pod cgroups under (\S+),`),
+	regexp.MustCompile(`BPF pins in (\S+),`),
+}
+
+func checkCleanedUp(t *testing.T, out string) {
+	t.Helper()
+	for _, re := range madePaths {
+		m := re.FindStringSubmatch(out)
+		if m == nil {
+			t.Errorf("output does not say %q", re)
+			continue
+		}
+		if _, err := os.Stat(m[1]); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still exists after the demo (stat: %v)", m[1], err)
+		}
+	}
+}
+
+// The rows the README promises, with what each must show. The expectations
+// are the policy's meaning, written here independently of the demo's table.
+var wantRows = []struct {
+	from, to, expected, actual string
+}{
+	{"web/app", "GET payments:8080", "allowed", "allowed (HTTP 200)"},
+	{"web/log-shipper", "POST payments:8080", "denied", "operation not permitted (EPERM)"},
+	{"web/log-shipper", "POST logging:8080 /ingest", "allowed", "allowed (HTTP 200)"},
+	{"web/log-shipper", "GET localhost:9090 (loopback)", "denied", "operation not permitted (EPERM)"},
+	{"web/app", "GET localhost:9090 (loopback)", "allowed", "allowed (HTTP 200)"},
+	{"payments/payments", "GET web:8080", "allowed", "allowed (HTTP 200)"},
+	{"payments/payments", "GET web:9090", "denied", "denied: dropped"},
+}
+
+func TestDemoEndToEnd(t *testing.T) {
+	r := startDemo(t)
+	code := r.wait(t, 3*time.Minute)
+	out := r.output()
+	t.Logf("demo output:\n%s", out)
+	if code != 0 {
+		t.Errorf("demo exit status %d, want 0", code)
+	}
+	lines := strings.Split(out, "\n")
+	for _, w := range wantRows {
+		var row string
+		for _, l := range lines {
+			if strings.HasPrefix(l, w.from+" ") && strings.Contains(l, w.to) {
+				row = l
+				break
+			}
+		}
+		switch f := strings.Fields(row); {
+		case row == "":
+			t.Errorf("no matrix row %s → %s", w.from, w.to)
+		case f[len(f)-1] != "ok":
+			t.Errorf("row %s → %s does not end in ok: %q", w.from, w.to, row)
+		case !strings.Contains(row, " "+w.expected+" ") || !strings.Contains(row, w.actual):
+			t.Errorf("row %s → %s: want expected %q and actual %q, got %q", w.from, w.to, w.expected, w.actual, row)
+		}
+	}
+	for _, want := range []string{
+		"kind: CiliumNetworkPolicy",
+		"path: ^/ingest$",
+		"method: POST",
+		"[sidewall.io/container=log-shipper] -> shop/payments:8080 DROPPED POLICY_DENIED",
+		"PASS: all 9 checks",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^log-shipper-egress\s+Enforce\s+log-shipper\s+1\s+True\s`).MatchString(out) {
+		t.Errorf("no ctrnp status row for log-shipper-egress (Enforce, log-shipper, 1 pod, Ready)")
+	}
+	checkCleanedUp(t, out)
+}
+
+// TestDemoKeepInterrupt runs the demo with --keep and stops it with
+// Ctrl-C (SIGINT) once it waits: it must clean up and exit 0.
+func TestDemoKeepInterrupt(t *testing.T) {
+	r := startDemo(t, "--keep")
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(r.output(), "press Ctrl-C") {
+		select {
+		case <-r.done:
+			t.Fatalf("demo --keep exited before waiting; output:\n%s", r.output())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("demo --keep not waiting after 3m; output:\n%s", r.output())
+		}
+	}
+	out := r.output()
+	for _, want := range []string{"kubectl get ctrnp -n shop", "KUBECONFIG=", "observe --server 127.0.0.1:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--keep output lacks %q", want)
+		}
+	}
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	code := r.wait(t, time.Minute)
+	out = r.output()
+	if code != 0 {
+		t.Errorf("demo --keep after Ctrl-C: exit status %d, want 0; output:\n%s", code, out)
+	}
+	checkCleanedUp(t, out)
+}
+
+// TestOutcome pins which errors count as a policy's denial: only EPERM and
+// a drop (timeout). A refused connection reached the peer, so a row that
+// expects a denial must not pass on it.
+func TestOutcome(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		status  int
+		err     *localnode.ConnError
+		allowed string // "yes", "no" or "unknown"
+	}{
+		{"200", 200, nil, "yes"},
+		{"403 is not a pass", 403, nil, "unknown"},
+		{"EPERM", 0, &localnode.ConnError{Op: "connect", Errno: syscall.EPERM, Msg: "operation not permitted"}, "no"},
+		{"timeout", 0, &localnode.ConnError{Op: "connect", Timeout: true, Msg: "i/o timeout"}, "no"},
+		{"refused", 0, &localnode.ConnError{Op: "connect", Errno: syscall.ECONNREFUSED, Msg: "connection refused"}, "unknown"},
+	} {
+		allowed, actual := outcome(tc.status, "", tc.err)
+		got := "unknown"
+		if allowed != nil && *allowed {
+			got = "yes"
+		} else if allowed != nil {
+			got = "no"
+		}
+		if got != tc.allowed {
+			t.Errorf("%s: allowed %s (%s), want %s", tc.name, got, actual, tc.allowed)
+		}
+	}
+}
+
+// The demo's policy is the shop scenario's, as a cluster gets it.
+func TestPolicyMatchesShop(t *testing.T) {
+	shop, err := os.ReadFile("../shop/policy.yaml")
+	if err != nil {
+		t.Fatalf("read demo/shop/policy.yaml: %v", err)
+	}
+	if string(shop) != policyYAML {
+		t.Errorf("demo/local/policy.yaml differs from demo/shop/policy.yaml: keep the local demo's policy the same as the cluster scenario's")
+	}
+	ps, err := policies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 2 {
+		t.Errorf("policy.yaml holds %d policies, want 2", len(ps))
+	}
+}
