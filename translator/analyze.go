@@ -96,6 +96,10 @@ type Analysis struct {
 	// L7Conflicts lists the L7-restricted peers and ports that are not
 	// exclusive to the policy's containers. Empty means L7Precise.
 	L7Conflicts []L7Conflict `json:"l7Conflicts,omitempty"`
+	// Risks are the restricted containers of the selected pods that could
+	// escape container-level enforcement, sorted by pod. Empty means no
+	// BypassRisk.
+	Risks []ContainerRisk `json:"risks,omitempty"`
 	// Invalid is true when the policy failed Validate; the other fields then
 	// only hold the counts.
 	Invalid bool `json:"invalid,omitempty"`
@@ -180,6 +184,7 @@ func Analyze(p *v1alpha1.ContainerNetworkPolicy, pods []corev1.Pod, all []v1alph
 				a.SelectedContainers++
 			}
 		}
+		a.Risks = append(a.Risks, PodRisks(&p.Spec.Containers, pod)...)
 		if !a.HasL7 {
 			continue
 		}
@@ -204,6 +209,7 @@ func Analyze(p *v1alpha1.ContainerNetworkPolicy, pods []corev1.Pod, all []v1alph
 			}
 		}
 	}
+	sortRisks(a.Risks)
 	for _, c := range conflicts {
 		a.L7Conflicts = append(a.L7Conflicts, *c)
 	}

@@ -30,7 +30,7 @@ type StatusInput struct {
 }
 
 // Status returns the policy's new status: counts, the generated CNP's name
-// and the Accepted, Translated, L7Precise and Ready conditions, each with the
+// and the Accepted, Translated, L7Precise, BypassRisk and Ready conditions, each with the
 // policy's generation. Conditions whose status did not change keep their
 // lastTransitionTime from p.Status.
 func Status(p *v1alpha1.ContainerNetworkPolicy, in StatusInput) v1alpha1.ContainerNetworkPolicyStatus {
@@ -83,6 +83,15 @@ func Status(p *v1alpha1.ContainerNetworkPolicy, in StatusInput) v1alpha1.Contain
 		set(v1alpha1.ConditionL7Precise, metav1.ConditionTrue, v1alpha1.ReasonExclusive, "only the selected containers reach the L7-restricted peers and ports")
 	default:
 		set(v1alpha1.ConditionL7Precise, metav1.ConditionFalse, v1alpha1.ReasonSharedPort, L7ConflictMessage(a.L7Conflicts))
+	}
+
+	switch {
+	case !accepted:
+		set(v1alpha1.ConditionBypassRisk, metav1.ConditionUnknown, v1alpha1.ReasonInvalid, "policy is not accepted")
+	case len(a.Risks) > 0:
+		set(v1alpha1.ConditionBypassRisk, metav1.ConditionTrue, v1alpha1.ReasonBreakoutRisk, RiskMessage(a.Risks))
+	default:
+		set(v1alpha1.ConditionBypassRisk, metav1.ConditionFalse, v1alpha1.ReasonNoBreakoutRisk, "no restricted container can escape container-level enforcement")
 	}
 
 	switch {

@@ -331,6 +331,24 @@ type IngressDenyRule struct {
 	FromContainers *ContainerSelector `json:"fromContainers,omitempty"`
 }
 
+// AdmissionMode says what the API server does with a new pod that would
+// carry a BypassRisk for a container the policy restricts.
+//
+// +kubebuilder:validation:Enum=Enforce;Audit;None
+type AdmissionMode string
+
+const (
+	// AdmissionEnforce refuses such pods: the controller generates and
+	// binds a ValidatingAdmissionPolicy with validationActions Deny.
+	AdmissionEnforce AdmissionMode = "Enforce"
+	// AdmissionAudit admits them with a warning to the client and an audit
+	// annotation (validationActions Warn and Audit).
+	AdmissionAudit AdmissionMode = "Audit"
+	// AdmissionNone generates no admission policy; the BypassRisk condition
+	// and Events still report risky containers.
+	AdmissionNone AdmissionMode = "None"
+)
+
 // ContainerNetworkPolicySpec is the desired behaviour of a ContainerNetworkPolicy.
 //
 // +kubebuilder:validation:XValidation:rule="(has(self.egress) && size(self.egress) > 0) || (has(self.ingress) && size(self.ingress) > 0) || (has(self.egressDeny) && size(self.egressDeny) > 0) || (has(self.ingressDeny) && size(self.ingressDeny) > 0)",message="at least one of egress, ingress, egressDeny or ingressDeny is required"
@@ -400,6 +418,17 @@ type ContainerNetworkPolicySpec struct {
 	// +optional
 	// +kubebuilder:default=Deny
 	Unclassified UnclassifiedAction `json:"unclassified,omitempty"`
+
+	// Admission says whether new pods whose restricted containers could
+	// escape container-level enforcement (the BypassRisk reasons) are
+	// refused (Enforce), admitted with a warning (Audit) or not checked at
+	// admission (None, the default: the BypassRisk condition still reports
+	// them). Enforce and Audit make the controller generate a cluster-scoped
+	// ValidatingAdmissionPolicy and binding for the policy.
+	//
+	// +optional
+	// +kubebuilder:default=None
+	Admission AdmissionMode `json:"admission,omitempty"`
 }
 
 // Condition types of a ContainerNetworkPolicy.
@@ -416,6 +445,11 @@ const (
 	// by several containers of a pod with different L7 rules, so Cilium's proxy
 	// enforces the union of their rules.
 	ConditionL7Precise = "L7Precise"
+	// ConditionBypassRisk is True when a container the policy restricts, in
+	// a selected pod, could escape container-level enforcement (privileged,
+	// a dangerous capability, a host namespace, a risky hostPath mount); the
+	// message names the pod, the container and the reasons.
+	ConditionBypassRisk = "BypassRisk"
 )
 
 // Condition reasons of a ContainerNetworkPolicy.
@@ -450,11 +484,19 @@ const (
 	ReasonExclusive = "Exclusive"
 	// ReasonSharedPort: L7Precise=False.
 	ReasonSharedPort = "SharedPort"
+	// ReasonBreakoutRisk: BypassRisk=True, the message names pods,
+	// containers and reasons.
+	ReasonBreakoutRisk = "BreakoutRisk"
+	// ReasonNoBreakoutRisk: BypassRisk=False.
+	ReasonNoBreakoutRisk = "NoBreakoutRisk"
+	// ReasonAdmissionFailed: the admission policy could not be generated
+	// or applied (Event only).
+	ReasonAdmissionFailed = "AdmissionFailed"
 )
 
 // ContainerNetworkPolicyStatus is the observed state of a ContainerNetworkPolicy.
 type ContainerNetworkPolicyStatus struct {
-	// Conditions: Accepted, Translated, Ready and L7Precise.
+	// Conditions: Accepted, Translated, Ready, L7Precise and BypassRisk.
 	//
 	// +optional
 	// +listType=map
@@ -500,6 +542,7 @@ type ContainerNetworkPolicyStatus struct {
 // +kubebuilder:printcolumn:name="Containers",type=string,JSONPath=`.status.containerSummary`
 // +kubebuilder:printcolumn:name="Pods",type=integer,JSONPath=`.status.selectedPods`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="BypassRisk",type=string,JSONPath=`.status.conditions[?(@.type=="BypassRisk")].status`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ContainerNetworkPolicy struct {
 	metav1.TypeMeta   `json:",inline"`

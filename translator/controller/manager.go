@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -44,13 +45,18 @@ func ConfigureManager(o *manager.Options) {
 	o.Cache.ByObject[&ciliumv2.CiliumNetworkPolicy{}] = cache.ByObject{
 		Label: labels.SelectorFromSet(labels.Set{translator.LabelManagedBy: translator.ManagedBy}),
 	}
+	managed := labels.SelectorFromSet(labels.Set{translator.LabelManagedBy: translator.ManagedBy})
+	o.Cache.ByObject[&admissionv1.ValidatingAdmissionPolicy{}] = cache.ByObject{Label: managed}
+	o.Cache.ByObject[&admissionv1.ValidatingAdmissionPolicyBinding{}] = cache.ByObject{Label: managed}
 	o.Cache.ByObject[&corev1.Pod{}] = cache.ByObject{Transform: trimPod}
 	o.Cache.DefaultTransform = cache.TransformStripManagedFields()
 }
 
 // trimPod keeps the parts of a pod the controller reads: metadata for
-// selection and the container lists for roles, names and ports. Status,
-// volumes, env and the rest can be most of a pod's size.
+// selection, the container lists for roles, names and ports, and what the
+// breakout-risk analysis looks at (security contexts, volume mounts, host
+// namespaces, hostPath volumes). Status, env, other volumes and the rest
+// can be most of a pod's size.
 func trimPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -73,15 +79,31 @@ func trimPod(obj any) (any, error) {
 	for _, c := range pod.Spec.InitContainers {
 		trimmed.Spec.InitContainers = append(trimmed.Spec.InitContainers, corev1.Container{
 			Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy,
+			SecurityContext: c.SecurityContext, VolumeMounts: c.VolumeMounts,
 		})
 	}
 	for _, c := range pod.Spec.Containers {
-		trimmed.Spec.Containers = append(trimmed.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})
+		trimmed.Spec.Containers = append(trimmed.Spec.Containers, corev1.Container{
+			Name: c.Name, Ports: c.Ports, SecurityContext: c.SecurityContext, VolumeMounts: c.VolumeMounts,
+		})
 	}
 	for _, c := range pod.Spec.EphemeralContainers {
 		ec := corev1.EphemeralContainer{TargetContainerName: c.TargetContainerName}
-		ec.Name, ec.Ports = c.Name, c.Ports
+		ec.Name, ec.Ports, ec.SecurityContext, ec.VolumeMounts = c.Name, c.Ports, c.SecurityContext, c.VolumeMounts
 		trimmed.Spec.EphemeralContainers = append(trimmed.Spec.EphemeralContainers, ec)
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.HostPath != nil {
+			trimmed.Spec.Volumes = append(trimmed.Spec.Volumes, corev1.Volume{
+				Name: v.Name, VolumeSource: corev1.VolumeSource{HostPath: v.HostPath},
+			})
+		}
+	}
+	trimmed.Spec.HostNetwork = pod.Spec.HostNetwork
+	trimmed.Spec.HostPID = pod.Spec.HostPID
+	trimmed.Spec.ShareProcessNamespace = pod.Spec.ShareProcessNamespace
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		trimmed.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: psc.RunAsUser, RunAsNonRoot: psc.RunAsNonRoot}
 	}
 	trimmed.Spec.NodeName = pod.Spec.NodeName
 	trimmed.Spec.ServiceAccountName = pod.Spec.ServiceAccountName

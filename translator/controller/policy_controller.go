@@ -3,10 +3,12 @@ package controller
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/cilium/cilium/pkg/policy/api"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -75,6 +77,9 @@ type PolicyReconciler struct {
 	Recorder  events.EventRecorder
 
 	cache policyCache
+	// reported holds, per policy, the risky containers already reported
+	// with an Event (types.NamespacedName -> map[string]bool).
+	reported sync.Map
 }
 
 // SetupWithManager registers the reconciler and its watches with mgr. The
@@ -105,6 +110,12 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		// One policy's grants can make another's L7 rules imprecise.
 		Watches(&v1alpha1.ContainerNetworkPolicy{}, r.l7Siblings(),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Generated admission objects are cluster-scoped and cannot be
+		// owned; an outside edit or deletion is mapped back by label.
+		Watches(&admissionv1.ValidatingAdmissionPolicy{}, handler.EnqueueRequestsFromMapFunc(policyForAdmissionObject),
+			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Watches(&admissionv1.ValidatingAdmissionPolicyBinding{}, handler.EnqueueRequestsFromMapFunc(policyForAdmissionObject),
+			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: opts.MaxConcurrentReconciles}).
 		Complete(r)
 }
@@ -115,6 +126,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // +kubebuilder:rbac:groups=cilium.io,resources=ciliumnetworkpolicies,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicies;validatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile brings the generated CNP and the status of one policy in line
@@ -126,13 +138,19 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err := r.Client.Get(ctx, req.NamespacedName, policy); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.cache.forget(req.NamespacedName)
+			r.reported.Delete(req.NamespacedName)
+			if err := r.deleteAdmission(ctx, req.Namespace, req.Name, nil); err != nil {
+				return ctrl.Result{}, err
+			}
 			return ctrl.Result{}, r.deleteOrphan(ctx, req.NamespacedName)
 		}
 		return ctrl.Result{}, fmt.Errorf("get policy: %w", err)
 	}
 	if !policy.DeletionTimestamp.IsZero() {
-		// The garbage collector removes the CNP with its owner.
-		return ctrl.Result{}, nil
+		// The garbage collector removes the CNP with its owner; the
+		// admission objects have no owner and go now, so that a
+		// policy on its way out refuses no more pods.
+		return ctrl.Result{}, r.deleteAdmission(ctx, policy.Namespace, policy.Name, nil)
 	}
 
 	tr := r.cache.translate(policy)
@@ -154,9 +172,13 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.ensureAdmission(ctx, policy, len(in.Invalid) == 0); err != nil {
+		return ctrl.Result{}, err
+	}
 	if in.Analysis, err = r.analyze(ctx, policy); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.recordRisks(policy, in.Analysis.Risks)
 	st := translator.Status(policy, in)
 	status := &st
 

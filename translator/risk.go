@@ -1,0 +1,225 @@
+package translator
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/sidewall/sidewall/crds/v1alpha1"
+)
+
+// Breakout-risk reasons: what lets a restricted container step outside its
+// cgroup's enforcement. docs/threat-model.md gives the escape each enables.
+// The admission policy (AdmissionPolicy) produces the same strings, so the
+// message of a refused pod reads like the BypassRisk condition.
+const (
+	RiskPrivileged   = "privileged"
+	RiskAllCaps      = "all capabilities added"
+	RiskSysAdmin     = "CAP_SYS_ADMIN added"
+	RiskNetAdmin     = "CAP_NET_ADMIN added"
+	RiskBPF          = "CAP_BPF added"
+	RiskNetRaw       = "CAP_NET_RAW added"
+	RiskPtraceShared = "CAP_SYS_PTRACE added with shareProcessNamespace"
+	RiskHostNetwork  = "hostNetwork"
+	RiskHostPID      = "hostPID"
+	RiskHostPathPfx  = "hostPath mount of "
+	RiskRootWritable = "runs as root with a writable root filesystem"
+)
+
+// riskyCaps are the capabilities that are a risk whenever they are added,
+// in the order their reasons are listed. The runtime's default set is not
+// looked at: only capabilities.add is. In particular NET_RAW, which
+// containerd and Docker grant by default, is a reason only when added
+// explicitly (see docs/threat-model.md for why, and how to close the gap).
+var riskyCaps = []struct{ cap, reason string }{
+	{"SYS_ADMIN", RiskSysAdmin},
+	{"NET_ADMIN", RiskNetAdmin},
+	{"BPF", RiskBPF},
+	{"NET_RAW", RiskNetRaw},
+}
+
+// RiskyHostPaths are the host paths whose mount lets a container leave its
+// cgroup or start another container: container runtime sockets and their
+// directories, the cgroup filesystem and the BPF filesystem. A hostPath
+// volume is risky when its path is one of these, lies below one, or is a
+// parent of one (so /, /run, /var/run, /sys and /var count too).
+var RiskyHostPaths = []string{
+	"/run/containerd",
+	"/var/run/containerd",
+	"/run/crio",
+	"/var/run/crio",
+	"/run/docker.sock",
+	"/var/run/docker.sock",
+	"/run/docker",
+	"/var/run/docker",
+	"/run/cri-dockerd.sock",
+	"/var/run/cri-dockerd.sock",
+	"/run/podman",
+	"/var/run/podman",
+	"/var/run/dockershim.sock",
+	"/var/lib/containerd",
+	"/var/lib/docker",
+	"/sys/fs/cgroup",
+	"/sys/fs/bpf",
+}
+
+// RiskyHostPath reports whether a hostPath volume path is risky. It is
+// written the way the admission policy's CEL checks it (no path cleaning:
+// the API server already refuses ".." in a hostPath, and a doubled slash
+// is treated as risky rather than normalized).
+func RiskyHostPath(p string) bool {
+	if strings.Contains(p, "//") {
+		return true
+	}
+	q := p
+	if !strings.HasSuffix(q, "/") {
+		q += "/"
+	}
+	for _, r := range RiskyHostPaths {
+		if strings.HasPrefix(r+"/", q) || strings.HasPrefix(q, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// ContainerRisk is a restricted container of a selected pod with the
+// reasons it could escape container-level enforcement.
+type ContainerRisk struct {
+	Pod       string                 `json:"pod"`
+	Container string                 `json:"container"`
+	Role      v1alpha1.ContainerRole `json:"role"`
+	Reasons   []string               `json:"reasons"`
+}
+
+// String is the form used in the BypassRisk condition and in Events.
+func (r ContainerRisk) String() string {
+	return fmt.Sprintf("pod %s container %s: %s", r.Pod, r.Container, strings.Join(r.Reasons, ", "))
+}
+
+// capAdded reports whether capability c (without the CAP_ prefix) is in
+// add, written with or without the prefix, in any case.
+func capAdded(add []corev1.Capability, c string) bool {
+	for _, a := range add {
+		s := strings.ToUpper(string(a))
+		if s == c || s == "CAP_"+c {
+			return true
+		}
+	}
+	return false
+}
+
+// ContainerRiskReasons returns the breakout-risk reasons of one container
+// of pod, given its security context and volume mounts. The order is fixed:
+// privileged, capabilities, host namespaces, hostPath mounts, root.
+func ContainerRiskReasons(pod *corev1.Pod, sc *corev1.SecurityContext, mounts []corev1.VolumeMount) []string {
+	var reasons []string
+	if sc != nil && sc.Privileged != nil && *sc.Privileged {
+		reasons = append(reasons, RiskPrivileged)
+	}
+	var add []corev1.Capability
+	if sc != nil && sc.Capabilities != nil {
+		add = sc.Capabilities.Add
+	}
+	if capAdded(add, "ALL") {
+		reasons = append(reasons, RiskAllCaps)
+	} else {
+		for _, rc := range riskyCaps {
+			if capAdded(add, rc.cap) {
+				reasons = append(reasons, rc.reason)
+			}
+		}
+		if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace && capAdded(add, "SYS_PTRACE") {
+			reasons = append(reasons, RiskPtraceShared)
+		}
+	}
+	if pod.Spec.HostNetwork {
+		reasons = append(reasons, RiskHostNetwork)
+	}
+	if pod.Spec.HostPID {
+		reasons = append(reasons, RiskHostPID)
+	}
+	// In the order of spec.volumes, as the CEL filter lists them.
+	for _, v := range pod.Spec.Volumes {
+		if v.HostPath == nil || !RiskyHostPath(v.HostPath.Path) {
+			continue
+		}
+		for _, m := range mounts {
+			if m.Name == v.Name {
+				reasons = append(reasons, RiskHostPathPfx+v.HostPath.Path)
+				break
+			}
+		}
+	}
+	if len(reasons) > 0 && runsAsRoot(pod, sc) && !(sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem) {
+		reasons = append(reasons, RiskRootWritable)
+	}
+	return reasons
+}
+
+// runsAsRoot is true when the container may run as uid 0: runAsUser is 0,
+// or it is unset (the image decides) and runAsNonRoot is not true. The
+// container's settings win over the pod's.
+func runsAsRoot(pod *corev1.Pod, sc *corev1.SecurityContext) bool {
+	var uid *int64
+	var nonRoot *bool
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		uid, nonRoot = psc.RunAsUser, psc.RunAsNonRoot
+	}
+	if sc != nil {
+		if sc.RunAsUser != nil {
+			uid = sc.RunAsUser
+		}
+		if sc.RunAsNonRoot != nil {
+			nonRoot = sc.RunAsNonRoot
+		}
+	}
+	if uid != nil {
+		return *uid == 0
+	}
+	return nonRoot == nil || !*nonRoot
+}
+
+// PodRisks returns the risks of the containers of pod that sel restricts,
+// in the order of PodContainers.
+func PodRisks(sel *v1alpha1.ContainerSelector, pod *corev1.Pod) []ContainerRisk {
+	var out []ContainerRisk
+	check := func(name string, role v1alpha1.ContainerRole, sc *corev1.SecurityContext, mounts []corev1.VolumeMount) {
+		if !sel.Selects(name, role) {
+			return
+		}
+		if reasons := ContainerRiskReasons(pod, sc, mounts); len(reasons) > 0 {
+			out = append(out, ContainerRisk{Pod: pod.Name, Container: name, Role: role, Reasons: reasons})
+		}
+	}
+	for _, c := range pod.Spec.InitContainers {
+		role := v1alpha1.RoleInit
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			role = v1alpha1.RoleSidecar
+		}
+		check(c.Name, role, c.SecurityContext, c.VolumeMounts)
+	}
+	for _, c := range pod.Spec.Containers {
+		check(c.Name, v1alpha1.RoleApp, c.SecurityContext, c.VolumeMounts)
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		check(c.Name, v1alpha1.RoleEphemeral, c.SecurityContext, c.VolumeMounts)
+	}
+	return out
+}
+
+// sortRisks orders risks by pod, then keeps PodRisks' container order.
+func sortRisks(rs []ContainerRisk) {
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Pod < rs[j].Pod })
+}
+
+// RiskMessage describes risks for the BypassRisk condition.
+func RiskMessage(rs []ContainerRisk) string {
+	parts := make([]string, 0, len(rs))
+	for _, r := range rs {
+		parts = append(parts, r.String())
+	}
+	return strings.Join(parts, "; ")
+}
