@@ -114,8 +114,21 @@ lint: ## go vet and a gofmt check.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: tools test-deps verify-generated lint ## Run the whole test suite (real kernel, real kube-apiserver+etcd). Needs root.
+test: tools test-deps verify-generated lint ## Run the whole test suite (real kernel, real kube-apiserver+etcd), then each fuzz target briefly. Needs root.
 	$(GO) test $(GO_TEST_FLAGS) ./...
+	@$(MAKE) --no-print-directory fuzz
+
+# Each fuzz target as package:Name. Crashers found land in the package's
+# testdata/fuzz/<Name>/ and are replayed by every later `go test`.
+FUZZ_TARGETS := ./translator:FuzzTranslate ./bpfext:FuzzDecodeEvent
+FUZZTIME ?= 15s
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 15s).
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo ">> fuzzing $$name in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 .PHONY: bench
 bench: tools test-deps ## Run the benchmarks and print the figures as ratios.

@@ -67,6 +67,8 @@ func DecodeEvent(raw []byte) (Event, error) {
 		Direction: Direction(e.Direction), Verdict: Verdict(e.Verdict), Reason: Reason(e.Reason),
 		Hook: Hook(e.Hook), Local: e.Local != 0, NewFlow: e.NewFlow != 0,
 	}
+	// A record the datapath cannot have written is refused rather than
+	// turned into a flow with a made-up address or verdict.
 	switch e.Family {
 	case 4:
 		out.Src = netip.AddrFrom4([4]byte(e.Saddr[:4]))
@@ -74,6 +76,20 @@ func DecodeEvent(raw []byte) (Event, error) {
 	case 6:
 		out.Src = netip.AddrFrom16(e.Saddr)
 		out.Dst = netip.AddrFrom16(e.Daddr)
+	case 0:
+		// A packet too short or malformed to carry addresses.
+	default:
+		return Event{}, fmt.Errorf("decode event: family %d, want 0, 4 or 6", e.Family)
+	}
+	switch {
+	case out.Direction > Ingress:
+		return Event{}, fmt.Errorf("decode event: direction %d out of range", e.Direction)
+	case out.Verdict > Audit:
+		return Event{}, fmt.Errorf("decode event: verdict %d out of range", e.Verdict)
+	case out.Reason >= reasonMax:
+		return Event{}, fmt.Errorf("decode event: reason %d out of range", e.Reason)
+	case out.Hook > HookSendmsg:
+		return Event{}, fmt.Errorf("decode event: hook %d out of range", e.Hook)
 	}
 	return out, nil
 }
