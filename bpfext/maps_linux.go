@@ -120,19 +120,18 @@ func (d *Datapath) DeleteContainers(cgroupIDs []uint64) error {
 
 // Containers lists the classification entries (for adoption and GC).
 func (d *Datapath) Containers() ([]Container, error) {
-	var out []Container
-	var k uint64
-	var v objs.SkbContainerInfo
-	it := d.skb.SwContainers.Iterate()
-	for it.Next(&k, &v) {
+	keys, vals, err := readAll[uint64, objs.SkbContainerInfo](d.skb.SwContainers, "containers")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Container, 0, len(keys))
+	for i, k := range keys {
+		v := vals[i]
 		out = append(out, Container{
 			CgroupID: k, PolicyID: v.PolicyId, PodID: v.PodId, ContainerID: v.ContainerId,
 			EgressRestricted: v.Flags&cfEgressRestricted != 0, IngressRestricted: v.Flags&cfIngressRestricted != 0,
 			Audit: v.Flags&cfAudit != 0, DenyAll: v.Flags&cfDenyAll != 0, FailOpen: v.Flags&cfFailOpen != 0,
 		})
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
 	}
 	return out, nil
 }
@@ -397,49 +396,79 @@ func (d *Datapath) DeleteRules(rules []Rule) error {
 	return d.changed(batchDelete(d.skb.SwRules, "rules", keys))
 }
 
-// ReplacePolicyRules makes the rules of one policy exactly rules: it writes
-// the new entries, then removes the stale ones. It scans the rules map for
-// the policy's old keys, so it costs O(map size); the agent calls it per
-// policy change, not per packet.
+// ReplacePolicyRules makes the rules of one policy exactly rules (nil drops
+// the policy). It is ReplaceRules for one policy.
 func (d *Datapath) ReplacePolicyRules(policyID uint32, rules []Rule) error {
-	for _, r := range rules {
-		if r.PolicyID != policyID {
-			return fmt.Errorf("replace rules of policy %d: rule %d belongs to policy %d", policyID, r.RuleID, r.PolicyID)
-		}
+	return d.ReplaceRules(map[uint32][]Rule{policyID: rules})
+}
+
+// ReplaceRules makes the rules of every policy in policies exactly its
+// slice; an empty slice drops the policy. Policies not in the map are left
+// alone. It writes the new entries (under the union of the old and new
+// masks), then removes the stale ones and tightens the masks, so a probe
+// never misses a rule that both the old and the new set hold. It scans the
+// rules map once for all policies, so an agent restart that rewrites every
+// policy costs O(rules), not O(policies x rules).
+func (d *Datapath) ReplaceRules(policies map[uint32][]Rule) error {
+	if len(policies) == 0 {
+		return nil
 	}
-	entries, masks, err := compile(rules)
+	var all []Rule
+	for id, rules := range policies {
+		for _, r := range rules {
+			if r.PolicyID != id {
+				return fmt.Errorf("replace rules of policy %d: rule %d belongs to policy %d", id, r.RuleID, r.PolicyID)
+			}
+		}
+		all = append(all, rules...)
+	}
+	entries, masks, err := compile(all)
 	if err != nil {
 		return err
 	}
+
 	var stale []objs.SkbRuleKey
-	var k objs.SkbRuleKey
-	var v objs.SkbRuleInfo
-	it := d.skb.SwRules.Iterate()
-	for it.Next(&k, &v) {
-		if k.PolicyId != policyID {
+	have, _, err := readAll[objs.SkbRuleKey, objs.SkbRuleInfo](d.skb.SwRules, "rules")
+	if err != nil {
+		return err
+	}
+	for _, k := range have {
+		if _, listed := policies[k.PolicyId]; !listed {
 			continue
 		}
 		if _, keep := entries[k]; !keep {
 			stale = append(stale, k)
 		}
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("list rules of policy %d: %w", policyID, err)
-	}
-	m := masks[policyID]
-	if m == nil {
-		m = &objs.SkbPolicyInfo{}
-	}
+
 	// The union of old and new masks while both key sets may exist.
-	var old objs.SkbPolicyInfo
-	union := *m
-	if err := d.skb.SwPolicies.Lookup(policyID, &old); err == nil {
-		for i := range union.Plens {
-			union.Plens[i] |= old.Plens[i]
+	var unionIDs, finalIDs, dropIDs []uint32
+	var unionVals, finalVals []objs.SkbPolicyInfo
+	for id := range policies {
+		var m objs.SkbPolicyInfo
+		if nm := masks[id]; nm != nil {
+			m = *nm
+		}
+		union := m
+		var old objs.SkbPolicyInfo
+		if err := d.skb.SwPolicies.Lookup(id, &old); err == nil {
+			for i := range union.Plens {
+				union.Plens[i] |= old.Plens[i]
+			}
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("read policy %d masks: %w", id, err)
+		}
+		unionIDs = append(unionIDs, id)
+		unionVals = append(unionVals, union)
+		if masks[id] == nil {
+			dropIDs = append(dropIDs, id)
+		} else {
+			finalIDs = append(finalIDs, id)
+			finalVals = append(finalVals, m)
 		}
 	}
-	if err := d.skb.SwPolicies.Put(policyID, &union); err != nil {
-		return fmt.Errorf("update policy %d masks: %w", policyID, err)
+	if err := batchPut(d.skb.SwPolicies, "policy masks", unionIDs, unionVals); err != nil {
+		return err
 	}
 	keys := make([]objs.SkbRuleKey, 0, len(entries))
 	vals := make([]objs.SkbRuleInfo, 0, len(entries))
@@ -453,16 +482,10 @@ func (d *Datapath) ReplacePolicyRules(policyID uint32, rules []Rule) error {
 	if err := d.changed(batchDelete(d.skb.SwRules, "rules", stale)); err != nil {
 		return err
 	}
-	if len(rules) == 0 {
-		if err := d.skb.SwPolicies.Delete(policyID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete policy %d masks: %w", policyID, err)
-		}
-		return nil
-	}
-	if err := d.skb.SwPolicies.Put(policyID, m); err != nil {
-		return fmt.Errorf("update policy %d masks: %w", policyID, err)
-	}
-	return nil
+	return errors.Join(
+		batchDelete(d.skb.SwPolicies, "policy masks", dropIDs),
+		batchPut(d.skb.SwPolicies, "policy masks", finalIDs, finalVals),
+	)
 }
 
 // MapEntries counts the entries of each map by C name (fill levels for
@@ -475,14 +498,8 @@ func (d *Datapath) MapEntries() (map[string]int, error) {
 		default:
 			continue
 		}
-		n := 0
-		k := make([]byte, m.KeySize())
-		it := m.Iterate()
-		var v []byte
-		for it.Next(&k, &v) {
-			n++
-		}
-		if err := it.Err(); err != nil {
+		n, err := countEntries(m)
+		if err != nil {
 			return nil, fmt.Errorf("count %s: %w", name, err)
 		}
 		out[name] = n
@@ -492,11 +509,13 @@ func (d *Datapath) MapEntries() (map[string]int, error) {
 
 // Pods lists the pod entries (for adoption and GC).
 func (d *Datapath) Pods() ([]Pod, error) {
-	var out []Pod
-	var k uint32
-	var v objs.SkbPodInfo
-	it := d.skb.SwPods.Iterate()
-	for it.Next(&k, &v) {
+	keys, vals, err := readAll[uint32, objs.SkbPodInfo](d.skb.SwPods, "pods")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Pod, 0, len(keys))
+	for i, k := range keys {
+		v := vals[i]
 		p := Pod{ID: k}
 		if v.Ip4 != 0 {
 			p.IPv4 = netip.AddrFrom4([4]byte{byte(v.Ip4), byte(v.Ip4 >> 8), byte(v.Ip4 >> 16), byte(v.Ip4 >> 24)})
@@ -506,9 +525,6 @@ func (d *Datapath) Pods() ([]Pod, error) {
 		}
 		out = append(out, p)
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
-	}
 	return out, nil
 }
 
@@ -516,24 +532,22 @@ func (d *Datapath) Pods() ([]Pod, error) {
 func (d *Datapath) Identities() ([]PeerIdentity, error) {
 	var out []PeerIdentity
 	var id uint32
-	var a4 uint32
-	it := d.skb.SwIdent4.Iterate()
-	for it.Next(&a4, &id) {
-		out = append(out, PeerIdentity{netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a4), byte(a4 >> 8), byte(a4 >> 16), byte(a4 >> 24)}), 32), id})
+	k4, v4, err := readAll[uint32, uint32](d.skb.SwIdent4, "ipv4 identities")
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list ipv4 identities: %w", err)
+	for i, a4 := range k4 {
+		out = append(out, PeerIdentity{netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a4), byte(a4 >> 8), byte(a4 >> 16), byte(a4 >> 24)}), 32), v4[i]})
 	}
-	var a6 objs.SkbIp6Addr
-	it = d.skb.SwIdent6.Iterate()
-	for it.Next(&a6, &id) {
-		out = append(out, PeerIdentity{netip.PrefixFrom(netip.AddrFrom16(a6.Addr), 128), id})
+	k6, v6, err := readAll[objs.SkbIp6Addr, uint32](d.skb.SwIdent6, "ipv6 identities")
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list ipv6 identities: %w", err)
+	for i, a6 := range k6 {
+		out = append(out, PeerIdentity{netip.PrefixFrom(netip.AddrFrom16(a6.Addr), 128), v6[i]})
 	}
 	var l4 objs.SkbIp4LpmKey
-	it = d.skb.SwCidr4.Iterate()
+	it := d.skb.SwCidr4.Iterate()
 	for it.Next(&l4, &id) {
 		a := l4.Addr
 		out = append(out, PeerIdentity{netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a), byte(a >> 8), byte(a >> 16), byte(a >> 24)}), int(l4.Prefixlen)), id})
@@ -553,19 +567,10 @@ func (d *Datapath) Identities() ([]PeerIdentity, error) {
 }
 
 // PolicyIDs lists the policies that have rules (for adoption and GC; drop
-// a policy with ReplacePolicyRules(id, nil)).
+// a policy with ReplaceRules or ReplacePolicyRules(id, nil)).
 func (d *Datapath) PolicyIDs() ([]uint32, error) {
-	var out []uint32
-	var k uint32
-	var v objs.SkbPolicyInfo
-	it := d.skb.SwPolicies.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, k)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list policies: %w", err)
-	}
-	return out, nil
+	out, _, err := readAll[uint32, objs.SkbPolicyInfo](d.skb.SwPolicies, "policies")
+	return out, err
 }
 
 // ForgetFlows removes the flow state (reply allowances) and pod-local port

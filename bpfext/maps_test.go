@@ -2,6 +2,8 @@ package bpfext
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sidewall/sidewall/bpfext/objs"
@@ -80,5 +82,163 @@ func TestReplacePolicyRules(t *testing.T) {
 	}
 	if base["sw_rules"] == 0 {
 		t.Error("MapEntries saw no rules before the deletes")
+	}
+}
+
+// rulesByPolicy counts the rules map's entries per policy id.
+func rulesByPolicy(t *testing.T, d *Datapath) map[uint32]int {
+	t.Helper()
+	out := map[uint32]int{}
+	var k objs.SkbRuleKey
+	var v objs.SkbRuleInfo
+	it := d.skb.SwRules.Iterate()
+	for it.Next(&k, &v) {
+		out[k.PolicyId]++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// ReplaceRules replaces many policies in one call: listed policies get
+// exactly their new rules (none: dropped with their masks), others are left
+// alone, and the verdict follows.
+func TestReplaceRules(t *testing.T) {
+	d := newTestDatapath(t)
+	setupPolicy(t, d)
+	// Policy 40 is not listed below and must keep its rule.
+	if err := d.UpsertRules([]Rule{{RuleID: 41, PolicyID: 40, Direction: Ingress, Protocol: ProtoUDP, PortLow: 53, Action: ActionAllow}}); err != nil {
+		t.Fatal(err)
+	}
+	before := rulesByPolicy(t, d)
+	if before[10] == 0 || before[20] == 0 || before[40] != 1 {
+		t.Fatalf("setup wrote rules per policy %v", before)
+	}
+
+	// Many policies in one batch, as after an agent restart.
+	const many = 200
+	batch := map[uint32][]Rule{
+		10: {{RuleID: 99, PolicyID: 10, Direction: Egress, Peer: identityB, Protocol: ProtoTCP, PortLow: 443, Action: ActionAllow}},
+		20: nil,
+	}
+	for i := range uint32(many) {
+		id := 1000 + i
+		batch[id] = []Rule{
+			{RuleID: 1, PolicyID: id, Direction: Egress, Peer: identityA, Protocol: ProtoTCP, PortLow: 8080, Action: ActionAllow},
+			{RuleID: 2, PolicyID: id, Direction: Egress, Peer: identityA, Protocol: ProtoTCP, PortLow: 9000, PortHigh: 9007, Action: ActionAllow},
+		}
+	}
+	if err := d.ReplaceRules(batch); err != nil {
+		t.Fatal(err)
+	}
+	after := rulesByPolicy(t, d)
+	if after[10] != 1 {
+		t.Errorf("policy 10 has %d rule entries, want 1", after[10])
+	}
+	if after[20] != 0 {
+		t.Errorf("policy 20 has %d rule entries after its drop", after[20])
+	}
+	if after[40] != 1 {
+		t.Errorf("unlisted policy 40 has %d rule entries, want 1", after[40])
+	}
+	for i := range uint32(many) {
+		// 8080 is one entry, 9000-9007 one aligned /13 prefix.
+		if n := after[1000+i]; n != 2 {
+			t.Fatalf("policy %d has %d rule entries, want 2", 1000+i, n)
+		}
+	}
+	ids, err := d.PolicyIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(ids, 20) || !slices.Contains(ids, 40) || !slices.Contains(ids, 10) || len(ids) != many+2 {
+		t.Errorf("policy masks for %d policies (20 dropped, 10 and 40 kept): %v", len(ids), ids)
+	}
+	var pi objs.SkbPolicyInfo
+	if err := d.skb.SwPolicies.Lookup(uint32(10), &pi); err != nil {
+		t.Fatal(err)
+	}
+	want := objs.SkbPolicyInfo{}
+	want.Plens[0] = 1 << 16
+	if pi != want {
+		t.Errorf("policy 10 masks %v, want %v (tightened to the new rules)", pi.Plens, want.Plens)
+	}
+	if runVerdict(t, d.VerdictProgram(SlotEgress), skbContext(t, d, cgSidecar), packet("10.1.0.5", "10.0.0.1", ProtoTCP, 32010, 8080)) != 0 {
+		t.Error("A:8080 still allowed after the replace")
+	}
+	if runVerdict(t, d.VerdictProgram(SlotEgress), skbContext(t, d, cgSidecar), packet("10.1.0.5", "10.0.0.2", ProtoTCP, 32011, 443)) != 1 {
+		t.Error("B:443 denied after the replace")
+	}
+
+	// A rule filed under another policy is refused, naming both, and
+	// nothing is written.
+	err = d.ReplaceRules(map[uint32][]Rule{7: {{RuleID: 5, PolicyID: 8, Action: ActionAllow}}})
+	if err == nil || !strings.Contains(err.Error(), "policy 7") || !strings.Contains(err.Error(), "policy 8") {
+		t.Errorf("mismatched policy id: err %v", err)
+	}
+	if n := rulesByPolicy(t, d); n[7] != 0 || n[8] != 0 {
+		t.Errorf("refused batch wrote rules: %v", n)
+	}
+
+	// Dropping every policy in one call empties both maps.
+	drop := map[uint32][]Rule{}
+	for _, id := range ids {
+		drop[id] = nil
+	}
+	if err := d.ReplaceRules(drop); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := d.MapEntries(); n["sw_rules"] != 0 || n["sw_policies"] != 0 {
+		t.Errorf("after dropping every policy: %d rules, %d policies", n["sw_rules"], n["sw_policies"])
+	}
+}
+
+// Listing and counting read hash maps in batches of readChunk entries and
+// iterate LPM tries, which have no batch operations: every entry comes
+// back once, past the first batch too.
+func TestListInBatches(t *testing.T) {
+	d := newTestDatapath(t)
+	const n = 2*readChunk + 123
+	want := map[netip.Prefix]uint32{}
+	var ids []PeerIdentity
+	for i := range n {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+		ids = append(ids, PeerIdentity{p, uint32(100 + i)})
+		want[p] = uint32(100 + i)
+	}
+	for i := range 5 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16 + byte(i), 0, 0}), 16)
+		ids = append(ids, PeerIdentity{p, uint32(1<<24 + i)})
+		want[p] = uint32(1<<24 + i)
+	}
+	if err := d.UpsertIdentities(ids); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.Identities()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Prefix]uint32{}
+	for _, id := range got {
+		if _, dup := seen[id.Prefix]; dup {
+			t.Fatalf("%s listed twice", id.Prefix)
+		}
+		seen[id.Prefix] = id.Identity
+	}
+	if len(seen) != len(want) {
+		t.Errorf("listed %d identities, want %d", len(seen), len(want))
+	}
+	for p, id := range want {
+		if seen[p] != id {
+			t.Fatalf("%s: identity %d, want %d", p, seen[p], id)
+		}
+	}
+	counts, err := d.MapEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts["sw_ident4"] != n || counts["sw_cidr4"] != 5 {
+		t.Errorf("counted %d exact and %d cidr entries, want %d and 5", counts["sw_ident4"], counts["sw_cidr4"], n)
 	}
 }

@@ -279,6 +279,32 @@ func TestRealTraffic(t *testing.T) {
 		}
 	})
 
+	// A connect denied with EPERM sends no packet, so only the socket
+	// hooks can count it; they count in the packet verdicts' layout.
+	t.Run("denied connect counts", func(t *testing.T) {
+		before, err := d.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.check(t, []expect{
+			{"sidecar tcp to B:8080", p.sidecar, []string{"connect", "tcp", b4, "3s"}, false, "EPERM"},
+			{"app to the sidecar's admin port", p.app, []string{"connect", "tcp", adminTCP, "2s"}, false, "EPERM"},
+		})
+		after, err := d.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := after.Get(Egress, Deny, ReasonDefaultDeny) - before.Get(Egress, Deny, ReasonDefaultDeny); n == 0 {
+			t.Error("egress default-deny counter did not move on a connect denied with EPERM")
+		}
+		if n := after.Get(Ingress, Deny, ReasonDefaultDeny) - before.Get(Ingress, Deny, ReasonDefaultDeny); n == 0 {
+			t.Error("ingress default-deny counter did not move on a pod-local connect the receiver's ingress denied")
+		}
+		if n := after.Get(Egress, Allow, ReasonUnrestricted) - before.Get(Egress, Allow, ReasonUnrestricted); n == 0 {
+			t.Error("egress unrestricted-allow counter did not move on the app's connect (its own side allows)")
+		}
+	})
+
 	// One PROG_ARRAY update changes the verdict of every attached cgroup,
 	// with no re-attach.
 	t.Run("swap verdict", func(t *testing.T) {

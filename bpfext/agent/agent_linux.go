@@ -71,10 +71,12 @@ type Agent struct {
 
 	ids     *IDs
 	applied map[uint32][]bpfext.Rule // rules written per policy id, nil before the first reconcile
-	state   atomic.Pointer[State]
-	ready   atomic.Bool
-	watcher *cgroups.Watcher
-	watched map[types.UID]bool
+	// ruleSets caches each policy's translation by UID (reconcile only).
+	ruleSets map[types.UID]cachedRuleSet
+	state    atomic.Pointer[State]
+	ready    atomic.Bool
+	watcher  *cgroups.Watcher
+	watched  map[types.UID]bool
 
 	mu        sync.Mutex
 	firstSeen map[uint64]time.Time // container cgroup id -> when its cgroup appeared
@@ -122,6 +124,7 @@ func New(cfg Config) (*Agent, error) {
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sidewall-agent"}),
 		ids:        NewIDs(),
+		ruleSets:   map[types.UID]cachedRuleSet{},
 		watched:    map[types.UID]bool{},
 		firstSeen:  map[uint64]time.Time{},
 		classified: map[uint64]types.UID{},
@@ -308,6 +311,32 @@ func (a *Agent) adopt() error {
 	return nil
 }
 
+// cachedRuleSet is a policy's rule set (or why it has none) for one
+// resourceVersion of the policy.
+type cachedRuleSet struct {
+	resourceVersion string
+	rs              *translator.RuleSet
+	err             error
+}
+
+// ruleSet translates a policy, or returns the translation of the same
+// resourceVersion made by an earlier reconcile: converting and translating
+// every policy on every reconcile cost more than compiling a node's pods.
+// Compile only reads rule sets, so sharing them between reconciles is safe.
+func (a *Agent) ruleSet(u *unstructured.Unstructured) (*translator.RuleSet, error) {
+	if c, ok := a.ruleSets[u.GetUID()]; ok && c.resourceVersion == u.GetResourceVersion() {
+		return c.rs, c.err
+	}
+	var p v1alpha1.ContainerNetworkPolicy
+	var rs *translator.RuleSet
+	err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p)
+	if err == nil {
+		rs, err = translator.ToRuleSet(&p)
+	}
+	a.ruleSets[u.GetUID()] = cachedRuleSet{resourceVersion: u.GetResourceVersion(), rs: rs, err: err}
+	return rs, err
+}
+
 // Reconcile runs one reconcile now (for tests and tools; the loop calls it
 // on every change).
 func (a *Agent) reconcile(ctx context.Context) error {
@@ -317,24 +346,25 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		return fmt.Errorf("list pods: %w", err)
 	}
 	var sets []*translator.RuleSet
+	live := map[types.UID]bool{}
 	for _, obj := range a.policies.List() {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {
 			continue
 		}
-		var p v1alpha1.ContainerNetworkPolicy
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
+		live[u.GetUID()] = true
+		rs, err := a.ruleSet(u)
+		if err != nil {
 			a.log.Warn("skip policy", "policy", u.GetNamespace()+"/"+u.GetName(), "err", err)
 			a.cfg.Metrics.policyErrors.Inc()
 			continue
 		}
-		rs, err := translator.ToRuleSet(&p)
-		if err != nil {
-			a.log.Warn("skip policy", "policy", p.Namespace+"/"+p.Name, "err", err)
-			a.cfg.Metrics.policyErrors.Inc()
-			continue
-		}
 		sets = append(sets, rs)
+	}
+	for uid := range a.ruleSets {
+		if !live[uid] {
+			delete(a.ruleSets, uid)
+		}
 	}
 
 	in := Input{RuleSets: sets, Identities: a.cfg.Identities.Snapshot()}
@@ -486,18 +516,24 @@ func (a *Agent) apply(desired *State, pods []PodState) error {
 		}
 	}
 
-	// 2. Rules of new and changed policies.
+	// 2. Rules of new and changed policies, in one batch: after a restart
+	// every policy is rewritten, and one pass over the rules map costs
+	// O(rules) where one pass per policy cost O(policies x rules).
 	var shrunk []uint32
+	changed := map[uint32][]bpfext.Rule{}
 	for id, rules := range desired.Rules {
 		if old, ok := a.applied[id]; ok && slices.Equal(old, rules) {
 			continue
 		}
-		if err := dp.ReplacePolicyRules(id, rules); err != nil {
-			return fmt.Errorf("write rules of policy %d: %w", id, err)
-		}
-		if a.applied == nil {
-			a.applied = map[uint32][]bpfext.Rule{}
-		}
+		changed[id] = rules
+	}
+	if err := dp.ReplaceRules(changed); err != nil {
+		return fmt.Errorf("write rules of %d policies: %w", len(changed), err)
+	}
+	if a.applied == nil {
+		a.applied = map[uint32][]bpfext.Rule{}
+	}
+	for id, rules := range changed {
 		if _, ok := a.applied[id]; ok {
 			shrunk = append(shrunk, id)
 		}
@@ -592,15 +628,18 @@ func (a *Agent) apply(desired *State, pods []PodState) error {
 			policyIDs = append(policyIDs, id)
 		}
 	}
+	gone := map[uint32][]bpfext.Rule{}
 	for _, id := range policyIDs {
-		if _, ok := desired.Rules[id]; ok {
-			continue
+		if _, ok := desired.Rules[id]; !ok {
+			gone[id] = nil
 		}
-		if err := dp.ReplacePolicyRules(id, nil); err != nil {
-			errs = append(errs, fmt.Errorf("delete rules of policy %d: %w", id, err))
-			continue
+	}
+	if err := dp.ReplaceRules(gone); err != nil {
+		errs = append(errs, fmt.Errorf("delete rules of %d policies: %w", len(gone), err))
+	} else {
+		for id := range gone {
+			delete(a.applied, id)
 		}
-		delete(a.applied, id)
 	}
 	var stalePods []uint32
 	for id := range havePods {

@@ -503,10 +503,18 @@ func (c *compiler) peers(p translator.Peer, all []container) []peer {
 	// matchCIDRs adds the CIDR identities any selector selects (they carry
 	// reserved:world, so the world entity selects them, as in Cilium).
 	matchCIDRs := func(sels []api.EndpointSelector) {
+		if len(c.cidrPrefixes) == 0 {
+			return
+		}
+		// Parsed once: parsing per prefix was most of the compile time.
+		matchers := make([]*policytypes.LabelSelector, 0, len(sels))
+		for _, sel := range sels {
+			matchers = append(matchers, policytypes.NewLabelSelector(sel))
+		}
 		for _, pfx := range c.cidrPrefixes {
 			id := c.out.Identities[pfx]
-			for _, sel := range sels {
-				if identity.Matches(sel, c.out.CIDRLabels[id]) {
+			for _, m := range matchers {
+				if m.Matches(c.out.CIDRLabels[id]) {
 					out = append(out, peer{id: id})
 					break
 				}

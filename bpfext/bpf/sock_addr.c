@@ -115,6 +115,9 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 		peer = resolve_identity(t.family, t.daddr);
 	}
 	decide(&ci, DIR_EGRESS, local, peer, t.proto, t.dport, 1, &d);
+	/* Counted as the packet verdicts are (same index), so a connect denied
+	 * with EPERM, which never sends a packet, shows in the counters too. */
+	count_verdict(DIR_EGRESS, d.verdict, d.reason);
 	if (d.verdict != VERDICT_ALLOW) {
 		emit_event(hook, DIR_EGRESS, leaf, cgid, cookie, &ci, &t, &d, 0);
 		if (d.verdict == VERDICT_DENY)
@@ -131,6 +134,7 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 			struct container_info r = *rcv;
 
 			decide(&r, DIR_INGRESS, 1, ci.container_id, t.proto, t.dport, 1, &rd);
+			count_verdict(DIR_INGRESS, rd.verdict, rd.reason);
 			if (rd.verdict != VERDICT_ALLOW) {
 				emit_event(hook, DIR_INGRESS, owner, owner, cookie, &r, &t, &rd, 0);
 				if (rd.verdict == VERDICT_DENY)
