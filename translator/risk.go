@@ -21,6 +21,7 @@ const (
 	RiskNetAdmin     = "CAP_NET_ADMIN added"
 	RiskBPF          = "CAP_BPF added"
 	RiskNetRaw       = "CAP_NET_RAW added"
+	RiskNetRawKept   = "CAP_NET_RAW not dropped (containerd grants it by default)"
 	RiskPtraceShared = "CAP_SYS_PTRACE added with shareProcessNamespace"
 	RiskHostNetwork  = "hostNetwork"
 	RiskHostPID      = "hostPID"
@@ -29,10 +30,10 @@ const (
 )
 
 // riskyCaps are the capabilities that are a risk whenever they are added,
-// in the order their reasons are listed. The runtime's default set is not
-// looked at: only capabilities.add is. In particular NET_RAW, which
-// containerd and Docker grant by default, is a reason only when added
-// explicitly (see docs/threat-model.md for why, and how to close the gap).
+// in the order their reasons are listed. NET_RAW is also a risk when it is
+// not added but not dropped either (RiskNetRawKept): containerd and Docker
+// grant it by default, and an AF_PACKET socket sends below every cgroup
+// hook (docs/threat-model.md).
 var riskyCaps = []struct{ cap, reason string }{
 	{"SYS_ADMIN", RiskSysAdmin},
 	{"NET_ADMIN", RiskNetAdmin},
@@ -111,6 +112,19 @@ func capAdded(add []corev1.Capability, c string) bool {
 	return false
 }
 
+// capDropped reports whether capability c (without the CAP_ prefix) is
+// dropped by drop: named with or without the prefix, or "ALL", in any
+// case. Unlike capAdded, "CAP_ALL" does not count: no runtime reads it as
+// all, and counting it would hide a capability that is still there.
+func capDropped(drop []corev1.Capability, c string) bool {
+	for _, d := range drop {
+		if strings.EqualFold(string(d), "ALL") {
+			return true
+		}
+	}
+	return capAdded(drop, c)
+}
+
 // ContainerRiskReasons returns the breakout-risk reasons of one container
 // of pod, given its security context and volume mounts. The order is fixed:
 // privileged, capabilities, host namespaces, hostPath mounts, root.
@@ -119,9 +133,9 @@ func ContainerRiskReasons(pod *corev1.Pod, sc *corev1.SecurityContext, mounts []
 	if sc != nil && sc.Privileged != nil && *sc.Privileged {
 		reasons = append(reasons, RiskPrivileged)
 	}
-	var add []corev1.Capability
+	var add, drop []corev1.Capability
 	if sc != nil && sc.Capabilities != nil {
-		add = sc.Capabilities.Add
+		add, drop = sc.Capabilities.Add, sc.Capabilities.Drop
 	}
 	if capAdded(add, "ALL") {
 		reasons = append(reasons, RiskAllCaps)
@@ -130,6 +144,11 @@ func ContainerRiskReasons(pod *corev1.Pod, sc *corev1.SecurityContext, mounts []
 			if capAdded(add, rc.cap) {
 				reasons = append(reasons, rc.reason)
 			}
+		}
+		// An explicit add is reported as added even if also dropped: runtimes
+		// differ in which of the two wins.
+		if !capAdded(add, "NET_RAW") && !capDropped(drop, "NET_RAW") {
+			reasons = append(reasons, RiskNetRawKept)
 		}
 		if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace && capAdded(add, "SYS_PTRACE") {
 			reasons = append(reasons, RiskPtraceShared)

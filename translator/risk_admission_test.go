@@ -162,7 +162,7 @@ func TestAdmissionPolicyMatchesAnalysis(t *testing.T) {
 				SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_PTRACE", "SYS_ADMIN"}}},
 			}, TargetContainerName: "app"}}
 			err := env.Client.SubResource("ephemeralcontainers").Update(ctx, pod)
-			if err != nil && strings.Contains(err.Error(), fmt.Sprintf("container debug-%d: %s, %s", i, RiskSysAdmin, RiskRootWritable)) {
+			if err != nil && strings.Contains(err.Error(), fmt.Sprintf("container debug-%d: %s, %s, %s", i, RiskSysAdmin, RiskNetRawKept, RiskRootWritable)) {
 				return
 			}
 			if err != nil && !strings.Contains(err.Error(), "ValidatingAdmissionPolicy") {

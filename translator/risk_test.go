@@ -23,15 +23,15 @@ type riskCase struct {
 }
 
 // riskPod is a pod with a restricted sidecar "shipper" that runs as a
-// non-root user with a read-only root filesystem, and an unrestricted app
-// container "app".
+// non-root user with a read-only root filesystem and drops all
+// capabilities, and an unrestricted app container "app".
 func riskPod(name string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: map[string]string{"app": "web"}},
 		Spec: corev1.PodSpec{
 			InitContainers: []corev1.Container{{
 				Name: "shipper", Image: "shipper", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
-				SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptr.To(true), ReadOnlyRootFilesystem: ptr.To(true)},
+				SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptr.To(true), ReadOnlyRootFilesystem: ptr.To(true), Capabilities: dropAll()},
 			}},
 			Containers: []corev1.Container{{Name: "app", Image: "app"}},
 		},
@@ -40,8 +40,18 @@ func riskPod(name string) *corev1.Pod {
 
 func shipper(p *corev1.Pod) *corev1.Container { return &p.Spec.InitContainers[0] }
 
+func dropAll() *corev1.Capabilities {
+	return &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}
+}
+
+// addCaps adds caps to the shipper, which still drops ALL.
 func addCaps(caps ...corev1.Capability) func(p *corev1.Pod) {
-	return func(p *corev1.Pod) { shipper(p).SecurityContext.Capabilities = &corev1.Capabilities{Add: caps} }
+	return func(p *corev1.Pod) { shipper(p).SecurityContext.Capabilities.Add = caps }
+}
+
+// dropCaps replaces the shipper's drop list.
+func dropCaps(caps ...corev1.Capability) func(p *corev1.Pod) {
+	return func(p *corev1.Pod) { shipper(p).SecurityContext.Capabilities.Drop = caps }
 }
 
 func hostPathMount(path string) func(p *corev1.Pod) {
@@ -60,7 +70,31 @@ var riskCases = []riskCase{
 	{name: "net-admin-prefixed", pod: addCaps("CAP_NET_ADMIN"), want: []string{RiskNetAdmin}},
 	{name: "bpf-lowercase", pod: addCaps("bpf"), want: []string{RiskBPF}},
 	{name: "net-raw-added", pod: addCaps("NET_RAW"), want: []string{RiskNetRaw}},
+	{name: "net-raw-added-and-dropped", pod: func(p *corev1.Pod) {
+		addCaps("NET_RAW")(p)
+		dropCaps("NET_RAW")(p)
+	}, want: []string{RiskNetRaw}},
+	{name: "drop-net-raw", pod: dropCaps("NET_RAW")},
+	{name: "drop-cap-net-raw-lowercase", pod: dropCaps("cap_net_raw")},
+	{name: "drop-all-lowercase", pod: dropCaps("all")},
+	{name: "drop-nothing", pod: dropCaps(), want: []string{RiskNetRawKept}},
+	{name: "drop-others", pod: dropCaps("CHOWN", "NET_ADMIN"), want: []string{RiskNetRawKept}},
+	{name: "drop-cap-all-is-not-all", pod: dropCaps("CAP_ALL"), want: []string{RiskNetRawKept}},
+	{name: "no-capabilities", pod: func(p *corev1.Pod) { shipper(p).SecurityContext.Capabilities = nil },
+		want: []string{RiskNetRawKept}},
+	{name: "no-security-context", pod: func(p *corev1.Pod) { shipper(p).SecurityContext = nil },
+		want: []string{RiskNetRawKept, RiskRootWritable}},
+	{name: "net-raw-kept-with-net-admin", pod: func(p *corev1.Pod) {
+		shipper(p).SecurityContext.Capabilities = &corev1.Capabilities{Add: []corev1.Capability{"cap_net_admin"}}
+	}, want: []string{RiskNetAdmin, RiskNetRawKept}},
 	{name: "all-caps", pod: addCaps("ALL"), want: []string{RiskAllCaps}},
+	{name: "all-caps-no-drop", pod: func(p *corev1.Pod) {
+		shipper(p).SecurityContext.Capabilities = &corev1.Capabilities{Add: []corev1.Capability{"ALL"}}
+	}, want: []string{RiskAllCaps}},
+	{name: "privileged-no-drop", pod: func(p *corev1.Pod) {
+		shipper(p).SecurityContext.Privileged = ptr.To(true)
+		shipper(p).SecurityContext.Capabilities = nil
+	}, want: []string{RiskPrivileged, RiskNetRawKept}},
 	{name: "harmless-cap", pod: addCaps("NET_BIND_SERVICE", "CHOWN")},
 	{name: "ptrace-alone", pod: addCaps("SYS_PTRACE")},
 	{name: "ptrace-shared-pid", pod: func(p *corev1.Pod) {
@@ -86,23 +120,24 @@ var riskCases = []riskCase{
 		p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "sock", VolumeSource: corev1.VolumeSource{
 			HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/docker.sock"}}})
 	}},
-	{name: "root-writable-alone", pod: func(p *corev1.Pod) { shipper(p).SecurityContext = nil }},
+	{name: "root-writable-alone", pod: func(p *corev1.Pod) { shipper(p).SecurityContext = &corev1.SecurityContext{Capabilities: dropAll()} }},
 	{name: "root-writable-with-net-admin", pod: func(p *corev1.Pod) {
-		shipper(p).SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}}}
+		shipper(p).SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{
+			Add: []corev1.Capability{"NET_ADMIN"}, Drop: []corev1.Capability{"ALL"}}}
 	}, want: []string{RiskNetAdmin, RiskRootWritable}},
 	{name: "uid-0-overrides-non-root-pod", pod: func(p *corev1.Pod) {
 		p.Spec.HostNetwork = true
 		p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true)}
-		shipper(p).SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(0)), RunAsNonRoot: ptr.To(false)}
+		shipper(p).SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(0)), RunAsNonRoot: ptr.To(false), Capabilities: dropAll()}
 	}, want: []string{RiskHostNetwork, RiskRootWritable}},
 	{name: "pod-uid-nonzero", pod: func(p *corev1.Pod) {
 		p.Spec.HostPID = true
 		p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To(int64(1000))}
-		shipper(p).SecurityContext = nil
+		shipper(p).SecurityContext = &corev1.SecurityContext{Capabilities: dropAll()}
 	}, want: []string{RiskHostPID}},
 	{name: "root-readonly", pod: func(p *corev1.Pod) {
 		p.Spec.HostPID = true
-		shipper(p).SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(0)), ReadOnlyRootFilesystem: ptr.To(true)}
+		shipper(p).SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(0)), ReadOnlyRootFilesystem: ptr.To(true), Capabilities: dropAll()}
 	}, want: []string{RiskHostPID}},
 	{name: "everything", pod: func(p *corev1.Pod) {
 		p.Spec.HostNetwork, p.Spec.HostPID = true, true

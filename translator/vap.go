@@ -153,6 +153,9 @@ func admissionVariables(sel *v1alpha1.ContainerSelector) []admissionv1.Variable 
 	for _, rc := range riskyCaps {
 		caps = append(caps, fmt.Sprintf("(%s ? [%q] : [])", capAdded(rc.cap), rc.reason))
 	}
+	drop := "c.?securityContext.?capabilities.?drop.orValue([])"
+	caps = append(caps, fmt.Sprintf("(!%s && !%s.exists(d, d.upperAscii() in ['ALL', 'NET_RAW', 'CAP_NET_RAW']) ? [%q] : [])",
+		capAdded("NET_RAW"), drop, RiskNetRawKept))
 	caps = append(caps, fmt.Sprintf("(variables.sharePID && %s ? [%q] : [])", capAdded("SYS_PTRACE"), RiskPtraceShared))
 	reasons := strings.Join([]string{
 		fmt.Sprintf("(c.?securityContext.?privileged.orValue(false) ? [%q] : [])", RiskPrivileged),

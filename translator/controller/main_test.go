@@ -179,7 +179,10 @@ func webPod(ns, name string, extra ...string) *corev1.Pod {
 		Spec: corev1.PodSpec{
 			InitContainers: []corev1.Container{
 				{Name: "migrate", Image: "migrate"},
-				{Name: "log-shipper", Image: "shipper", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways)},
+				// Drops every capability (NET_RAW included), so it is
+				// no breakout risk.
+				{Name: "log-shipper", Image: "shipper", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
+					SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}},
 			},
 			Containers: []corev1.Container{{Name: "app", Image: "app"}},
 		},

@@ -34,7 +34,7 @@ func TestBypassRiskFollowsPods(t *testing.T) {
 	risky.Spec.InitContainers[1].SecurityContext = &corev1.SecurityContext{
 		RunAsNonRoot:           ptr.To(true),
 		ReadOnlyRootFilesystem: ptr.To(true),
-		Capabilities:           &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}},
+		Capabilities:           &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}, Drop: []corev1.Capability{"ALL"}},
 	}
 	create(t, risky)
 
@@ -114,7 +114,7 @@ func TestAdmissionEnforce(t *testing.T) {
 		pod := webPod(ns, name)
 		pod.Spec.HostNetwork = true
 		pod.Spec.InitContainers[1].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(1000)),
-			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
+			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}, Drop: []corev1.Capability{"ALL"}}}
 		return pod
 	}
 	// The API server applies a new admission policy after a moment.
@@ -138,6 +138,14 @@ func TestAdmissionEnforce(t *testing.T) {
 	}
 
 	create(t, webPod(ns, "compliant"))
+	// The runtime default: nothing added, NET_RAW not dropped.
+	keeps := webPod(ns, "keeps-net-raw")
+	keeps.Spec.InitContainers[1].SecurityContext = nil
+	if err := env.Client.Create(ctx, keeps); err == nil {
+		t.Error("pod whose restricted sidecar keeps NET_RAW admitted")
+	} else if want := "container log-shipper: " + translator.RiskNetRawKept + ", " + translator.RiskRootWritable; !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("refusal %q does not end with %q", err, want)
+	}
 	unrestricted := webPod(ns, "risky-app")
 	unrestricted.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
 	create(t, unrestricted)
