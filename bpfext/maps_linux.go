@@ -655,3 +655,59 @@ func (d *Datapath) SetSocketCache(enabled bool) error {
 }
 
 const configNoSocketCache = 1 << 0
+
+// RuleEntries counts, per policy, the rules map entries rules take once
+// written: a port range takes one entry per port prefix, and rules sharing a
+// key share an entry. The agent checks capacity with it before writing, so a
+// full map never leaves a policy half written.
+func RuleEntries(rules []Rule) (map[uint32]int, error) {
+	entries, _, err := compile(rules)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]int{}
+	for k := range entries {
+		out[k.PolicyId]++
+	}
+	return out, nil
+}
+
+// AddedRuleEntries tells what ReplaceRules(policies) would add to the
+// rules map: per policy, the entries its rules take that the map does not
+// hold yet, and how many entries the map holds now. ReplaceRules writes the
+// new entries before it removes stale ones, so inUse plus the sum of added
+// is the most the map holds during the call.
+func (d *Datapath) AddedRuleEntries(policies map[uint32][]Rule) (added map[uint32]int, inUse int, err error) {
+	var all []Rule
+	for _, rules := range policies {
+		all = append(all, rules...)
+	}
+	entries, _, err := compile(all)
+	if err != nil {
+		return nil, 0, err
+	}
+	have, _, err := readAll[objs.SkbRuleKey, objs.SkbRuleInfo](d.skb.SwRules, "rules")
+	if err != nil {
+		return nil, 0, err
+	}
+	held := make(map[objs.SkbRuleKey]bool, len(have))
+	for _, k := range have {
+		held[k] = true
+	}
+	added = map[uint32]int{}
+	for k := range entries {
+		if !held[k] {
+			added[k.PolicyId]++
+		}
+	}
+	return added, len(have), nil
+}
+
+// Capacity returns the max entries of a map by C name (0 for an unknown
+// name).
+func (d *Datapath) Capacity(name string) int {
+	if m := d.MapsByName()[name]; m != nil {
+		return int(m.MaxEntries())
+	}
+	return 0
+}

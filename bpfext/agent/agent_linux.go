@@ -77,6 +77,9 @@ type Agent struct {
 	ready    atomic.Bool
 	watcher  *cgroups.Watcher
 	watched  map[types.UID]bool
+	// failClosed holds the pods failing closed after the last reconcile,
+	// with the reason, so a pod is logged when it starts and stops.
+	failClosed map[types.UID]string
 
 	mu        sync.Mutex
 	firstSeen map[uint64]time.Time // container cgroup id -> when its cgroup appeared
@@ -306,6 +309,7 @@ func (a *Agent) adopt() error {
 		cidrs[id.Prefix] = id.Identity
 	}
 	a.ids.Seed(podIDs, policies, cidrs)
+	a.ids.Adopt(cs)
 	slices.Sort(policies)
 	a.log.Info("adopted pinned datapath", "pin_dir", dp.PinDir(), "containers", len(cs), "pods", len(pods), "policies", len(slices.Compact(policies)))
 	return nil
@@ -394,6 +398,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	for _, w := range desired.Warnings {
 		a.log.Warn("compile", "warning", w)
 	}
+	before, err := a.fit(desired, in.Pods)
+	if err != nil {
+		return err
+	}
+	a.reportFailClosed(desired, in.Pods)
 	if err := a.apply(desired, in.Pods); err != nil {
 		return err
 	}
@@ -405,6 +414,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if n, err := a.cfg.Datapath.MapEntries(); err == nil {
 		for name, v := range n {
 			a.cfg.Metrics.mapEntries.WithLabelValues(name).Set(float64(v))
+		}
+		// The budget counted entries this apply deleted at its end: a pod
+		// refused for them may fit now.
+		if len(desired.FailClosed) > 0 && (n["sw_rules"] < before.rules || n["sw_policies"] < before.policies) {
+			a.Trigger()
 		}
 	}
 	a.log.Debug("reconciled", "pods", len(in.Pods), "policies", len(sets), "containers", len(desired.Containers),

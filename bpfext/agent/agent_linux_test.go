@@ -62,6 +62,8 @@ type harness struct {
 	obs     *observer.Server
 	stop    func()
 	cilium  bool
+	// maxEntries overrides datapath map sizes when the maps are created.
+	maxEntries map[string]uint32
 }
 
 func newHarness(t *testing.T) *harness { return newHarnessWith(t, false) }
@@ -69,11 +71,16 @@ func newHarness(t *testing.T) *harness { return newHarnessWith(t, false) }
 // newHarnessWith runs the agent with Cilium's identities (CiliumEndpoints,
 // CiliumIdentities; Cilium's CRDs installed) or with local ones.
 func newHarnessWith(t *testing.T, cilium bool) *harness {
+	return newHarnessMaps(t, cilium, nil)
+}
+
+// newHarnessMaps is newHarnessWith with map sizes overridden.
+func newHarnessMaps(t *testing.T, cilium bool, maxEntries map[string]uint32) *harness {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test loads BPF, creates cgroups and network namespaces and needs root")
 	}
 	api.InitEntities(identity.DefaultClusterName)
-	h := &harness{t: t, ns: "agent-" + randHex(3), cilium: cilium}
+	h := &harness{t: t, ns: "agent-" + randHex(3), cilium: cilium, maxEntries: maxEntries}
 	h.env = testenv.New(t, testenv.Options{SkipCiliumCRDs: !cilium})
 	var err error
 	if h.cs, err = kubernetes.NewForConfig(h.env.Config); err != nil {
@@ -98,7 +105,7 @@ func newHarnessWith(t *testing.T, cilium bool) *harness {
 	})
 	h.pinDir = filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-agent-test-"+randHex(4))
 	t.Cleanup(func() {
-		dp, err := bpfext.Load(bpfext.Options{PinDir: h.pinDir})
+		dp, err := bpfext.Load(bpfext.Options{PinDir: h.pinDir, MaxEntries: h.maxEntries})
 		if err == nil {
 			err = errors.Join(dp.Unpin(), dp.Close())
 		}
@@ -114,7 +121,7 @@ func newHarnessWith(t *testing.T, cilium bool) *harness {
 // cmd/sidewall-agent does.
 func (h *harness) startAgent() {
 	t := h.t
-	dp, err := bpfext.Load(bpfext.Options{PinDir: h.pinDir})
+	dp, err := bpfext.Load(bpfext.Options{PinDir: h.pinDir, MaxEntries: h.maxEntries})
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}

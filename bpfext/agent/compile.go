@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -74,6 +75,12 @@ type State struct {
 	Rules map[uint32][]bpfext.Rule
 	// Attach lists the pod cgroups to attach to, by cgroup id.
 	Attach map[uint64]string
+	// PolicyPods gives the pod id of each policy id: the agent fits the
+	// state into the maps pod by pod.
+	PolicyPods map[uint32]uint32
+	// FailClosed lists the selected pods the datapath could not hold, with
+	// the reason: their restricted containers deny everything.
+	FailClosed map[types.UID]string
 
 	// Cgroups, Policies and RuleInfos describe the state for events.
 	Cgroups map[uint64]CgroupInfo
@@ -93,6 +100,13 @@ type IDs struct {
 	pods, policies, rules, cidrs  map[string]uint32
 	nextPod, nextPolicy, nextRule uint32
 	nextCIDR                      uint32
+	// adopted holds, by cgroup id, the entries found in the pinned maps
+	// until the first compile, which keeps their pod and policy ids: a
+	// restarted agent then rewrites each policy over its own entries,
+	// where new ids would need room for every policy twice.
+	adopted map[uint64]bpfext.Container
+	// kept are the adopted ids given out, so no two keys share one.
+	kept map[[2]uint32]bool
 }
 
 // NewIDs returns an empty allocator.
@@ -119,6 +133,27 @@ func (ids *IDs) Seed(podIDs, policyIDs []uint32, cidrs map[netip.Prefix]uint32) 
 			ids.nextCIDR = max(ids.nextCIDR, id+1)
 		}
 	}
+}
+
+// Adopt makes the next Compile keep the pod and policy ids of the
+// classified cgroups cs (read from the pinned maps); call it after Seed.
+func (ids *IDs) Adopt(cs []bpfext.Container) {
+	ids.adopted = map[uint64]bpfext.Container{}
+	ids.kept = map[[2]uint32]bool{}
+	for _, c := range cs {
+		ids.adopted[c.CgroupID] = c
+	}
+}
+
+// keep gives key the adopted id (of kind 0 pod, 1 policy) when it has none
+// yet and no other key took that id. Seed made the allocator continue after
+// every adopted id, so a new allocation never collides with one.
+func (ids *IDs) keep(kind uint32, m map[string]uint32, key string, id uint32) {
+	if _, ok := m[key]; ok || id == 0 || ids.kept[[2]uint32{kind, id}] {
+		return
+	}
+	ids.kept[[2]uint32{kind, id}] = true
+	m[key] = id
 }
 
 func alloc(m map[string]uint32, next *uint32, key string, used map[string]bool) uint32 {
@@ -172,6 +207,8 @@ func Compile(in Input, ids *IDs) *State {
 		Identities: map[netip.Prefix]uint32{},
 		Rules:      map[uint32][]bpfext.Rule{},
 		Attach:     map[uint64]string{},
+		PolicyPods: map[uint32]uint32{},
+		FailClosed: map[types.UID]string{},
 		Cgroups:    map[uint64]CgroupInfo{},
 		Policies:   map[uint32][]translator.PolicyRef{},
 		RuleInfos:  map[uint32]RuleInfo{},
@@ -189,6 +226,7 @@ func Compile(in Input, ids *IDs) *State {
 	for i := range pods {
 		c.pod(&pods[i])
 	}
+	ids.adopted, ids.kept = nil, nil
 	release(ids.pods, c.used.pods)
 	release(ids.policies, c.used.policies)
 	release(ids.rules, c.used.rules)
@@ -272,6 +310,14 @@ func (c *compiler) pod(ps *PodState) {
 	if len(sets) == 0 {
 		return
 	}
+	if c.ids.adopted != nil {
+		for _, cg := range append([]uint64{ps.CgroupID}, slices.Collect(maps.Values(ps.Containers))...) {
+			if e, ok := c.ids.adopted[cg]; ok && cg != 0 {
+				c.ids.keep(0, c.ids.pods, string(pod.UID), e.PodID)
+				break
+			}
+		}
+	}
 	podID := alloc(c.ids.pods, &c.ids.nextPod, string(pod.UID), c.used.pods)
 	p := bpfext.Pod{ID: podID}
 	for _, ip := range pod.Status.PodIPs {
@@ -300,6 +346,11 @@ func (c *compiler) pod(ps *PodState) {
 	for i, ct := range translator.PodContainers(pod) {
 		containers = append(containers, container{Container: ct, id: uint32(i + 1)})
 	}
+	if len(containers) == 0 {
+		// The API server refuses such a pod; a stale or hand-made object
+		// still gets its pod cgroup's entry, which denies everything in it.
+		c.warn("pod %s/%s: spec.containers: no containers; only the pod cgroup's deny-all entry applies", pod.Namespace, pod.Name)
+	}
 
 	if ps.CgroupID != 0 {
 		c.out.Attach[ps.CgroupID] = ps.CgroupPath
@@ -318,10 +369,14 @@ func (c *compiler) pod(ps *PodState) {
 	}
 
 	for _, ct := range containers {
+		if e, ok := c.ids.adopted[ps.Containers[ct.Name]]; ok && e.PodID == podID {
+			c.ids.keep(1, c.ids.policies, string(pod.UID)+"/"+ct.Name, e.PolicyID)
+		}
 		entry, rules, refs := c.container(pod, sets, containers, ct, podID)
 		if entry.PolicyID != 0 {
 			c.out.Rules[entry.PolicyID] = rules
 			c.out.Policies[entry.PolicyID] = refs
+			c.out.PolicyPods[entry.PolicyID] = podID
 		}
 		cg, ok := ps.Containers[ct.Name]
 		if !ok || cg == 0 {

@@ -17,6 +17,7 @@ type Metrics struct {
 	reconcileDuration prometheus.Histogram
 	reconcileErrors   prometheus.Counter
 	policyErrors      prometheus.Counter
+	podsFailClosed    *prometheus.GaugeVec
 }
 
 // NewMetrics registers the agent's metrics on reg; a new registry (with the
@@ -54,8 +55,12 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "sidewall_policy_errors_total",
 			Help: "ContainerNetworkPolicies skipped because they could not be translated.",
 		}),
+		podsFailClosed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sidewall_pods_fail_closed",
+			Help: "Selected pods whose restricted containers deny everything instead of running their policy, by reason (map_full: the datapath maps cannot hold the policy).",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.policyErrors)
+	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.policyErrors, m.podsFailClosed)
 	return m
 }
 
