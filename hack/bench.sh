@@ -2,12 +2,13 @@
 # `make bench`: every benchmark of sidewall in one run, printed side by side.
 # The machines are noisy, so each section compares within one run and prints
 # ratios where there is a baseline. Figures are printed, never asserted.
-# BENCH_ONLY=translator,controller,datapath,observer,agent,node picks sections.
+# BENCH_ONLY=translator,controller,datapath,observer,agent,churn,node picks sections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-only=",${BENCH_ONLY:-translator,controller,datapath,observer,agent,node},"
+only=",${BENCH_ONLY:-translator,controller,datapath,observer,agent,churn,node},"
 want() { [[ "$only" == *",$1,"* ]]; }
+failed=0
 section() { printf '\n######## %s\n' "$*"; }
 gobench() { # package, regexp, benchtime
 	go test -count=1 -run '^$' -bench "$2" -benchtime "$3" -benchmem "$1" |
@@ -40,8 +41,15 @@ if want agent && [ -x hack/bench-agent.sh ]; then
 	hack/bench-agent.sh
 fi
 
+if want churn && [ -x hack/bench-churn.sh ]; then
+	section "churn: 1,000 pod create/delete cycles under 100 policies; maps, attachments, goroutines, memory back to baseline"
+	hack/bench-churn.sh || { echo "churn: FAILED (a leak or a missed reconcile, above)"; failed=1; }
+fi
+
 if want node; then
 	section "node: cgroup watcher latency (mkdir -> event) and local-node pod start"
 	gobench ./bpfext/cgroups 'WatcherLatency' 200x
 	gobench ./demo/localnode 'RunPod' 20x
 fi
+
+exit "$failed"
