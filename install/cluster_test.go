@@ -14,6 +14,7 @@ import (
 	ciliumclient "github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -262,8 +263,23 @@ func TestAgentRBACLive(t *testing.T) {
 	} else {
 		w.Stop()
 	}
-	// And nothing more: the agent never writes, nor reads secrets.
-	_, err := kc.CoreV1().Secrets(DefaultNamespace).List(ctx, metav1.ListOptions{})
+	// The Events it records on pods failing closed: create, and patch (an
+	// absent Event is not found only once RBAC let the patch through).
+	ev := &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{Namespace: DefaultNamespace, Name: "web.rbac"},
+		EventTime:  metav1.NowMicro(), Type: corev1.EventTypeWarning, Reason: "MapFull", Action: "FailClosed",
+		ReportingController: "sidewall-agent", ReportingInstance: "node-1",
+		Regarding: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: DefaultNamespace, Name: "web"},
+	}
+	if _, err := kc.EventsV1().Events(DefaultNamespace).Create(ctx, ev, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		t.Errorf("create an events.k8s.io Event: %v", err)
+	}
+	_, err := kc.EventsV1().Events(DefaultNamespace).Patch(ctx, "absent.rbac", types.MergePatchType, []byte(`{"series":{"count":2}}`), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("patch an absent events.k8s.io Event: err %v, want not found (forbidden means RBAC misses patch)", err)
+	}
+	// And nothing more: the agent writes nothing else, nor reads secrets.
+	_, err = kc.CoreV1().Secrets(DefaultNamespace).List(ctx, metav1.ListOptions{})
 	if !apierrors.IsForbidden(err) {
 		t.Errorf("sidewall-agent listing secrets: err %v, want forbidden", err)
 	}

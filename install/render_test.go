@@ -128,7 +128,9 @@ func TestControllerRoleMatchesGenerated(t *testing.T) {
 // agentCalls is every API call the node agent makes, by identity source.
 // The agent packages do not export such a list, so it is kept here, read
 // off bpfext/agent (pod informer with a spec.nodeName field selector,
-// dynamic informer on containernetworkpolicies), bpfext/identity
+// dynamic informer on containernetworkpolicies, the events.k8s.io recorder
+// of NewEventRecorder, which creates Events and patches their series),
+// bpfext/identity
 // (CiliumSource: CiliumEndpoint and CiliumIdentity informers; PodSource:
 // pod and namespace informers) and cmd/sidewall-agent (discovery of
 // cilium.io/v2, which every authenticated user may do). TestAgentRBACLive
@@ -137,6 +139,7 @@ var agentCalls = map[string][]rbacv1.PolicyRule{
 	"common": {
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"sidewall.io"}, Resources: []string{"containernetworkpolicies"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	},
 	"cilium": {
 		{APIGroups: []string{"cilium.io"}, Resources: []string{"ciliumendpoints", "ciliumidentities"}, Verbs: []string{"list", "watch"}},
@@ -190,7 +193,7 @@ func TestAgentRoleCoversCalls(t *testing.T) {
 			if m := covers(role.Rules, need); len(m) > 0 {
 				t.Errorf("agent ClusterRole misses %v", m)
 			}
-			// Least privilege: nothing beyond the calls, and no writes.
+			// Least privilege: nothing beyond the calls; the only writes are Events.
 			if extra := covers(need, role.Rules); len(extra) > 0 {
 				t.Errorf("agent ClusterRole grants more than the agent calls: %v", extra)
 			}

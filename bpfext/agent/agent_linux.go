@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/sidewall/sidewall/bpfext"
@@ -55,7 +56,10 @@ type Config struct {
 	Observer *observer.Server
 	// Metrics, if set, is where the agent's metrics are registered.
 	Metrics *Metrics
-	Logger  *slog.Logger
+	// Events, if set, records Events on pods when they start and stop
+	// failing closed (NewEventRecorder); nil records none.
+	Events events.EventRecorder
+	Logger *slog.Logger
 	// Resync is the period of full reconciles; DefaultResync when 0.
 	Resync time.Duration
 }

@@ -138,15 +138,21 @@ func (h *harness) startAgent() {
 	}
 	m := agent.NewMetrics(nil)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, cancel := context.WithCancel(context.Background())
+	rec, err := agent.NewEventRecorder(ctx, h.cs, h.node.Name())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	a, err := agent.New(agent.Config{
 		NodeName: h.node.Name(), Client: h.cs, Dynamic: h.dyn,
 		Identities: h.identities(),
-		Datapath:   dp, Cgroups: resolver, Observer: obs, Metrics: m, Logger: log,
+		Datapath:   dp, Cgroups: resolver, Observer: obs, Metrics: m, Events: rec, Logger: log,
 	})
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := a.Run(ctx); err != nil && ctx.Err() == nil {

@@ -3,7 +3,9 @@ package agent
 import (
 	"fmt"
 	"slices"
+	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sidewall/sidewall/bpfext"
@@ -108,8 +110,9 @@ func (a *Agent) fit(desired *State, pods []PodState) (usage, error) {
 	return u, nil
 }
 
-// reportFailClosed logs the pods that fail closed when they start or stop
-// doing so, and sets the gauge.
+// reportFailClosed logs the pods that fail closed, and records an Event on
+// them, when they start or stop doing so (never per reconcile, so a full map
+// does not flood the API server), and sets the gauge.
 func (a *Agent) reportFailClosed(desired *State, pods []PodState) {
 	byReason := map[string]int{ReasonMapFull: 0}
 	for _, ps := range pods {
@@ -123,8 +126,17 @@ func (a *Agent) reportFailClosed(desired *State, pods []PodState) {
 		case failed && was != reason:
 			a.log.Warn("pod fails closed: its policy does not fit the datapath maps; its restricted containers deny everything",
 				"pod", name, "reason", reason)
+			if a.cfg.Events != nil {
+				a.cfg.Events.Eventf(ps.Pod, nil, corev1.EventTypeWarning, EventReasonMapFull, EventActionFailClosed,
+					"sidewall-agent on %s: the pod's policy does not fit the datapath maps (%s); its restricted containers are denied everything until room frees",
+					a.cfg.NodeName, a.capacityNote())
+			}
 		case !failed && was != "":
 			a.log.Info("pod enforced again: its policy fits the datapath maps", "pod", name)
+			if a.cfg.Events != nil {
+				a.cfg.Events.Eventf(ps.Pod, nil, corev1.EventTypeNormal, EventReasonEnforced, EventActionEnforce,
+					"sidewall-agent on %s: the pod's policy fits the datapath maps again and is enforced", a.cfg.NodeName)
+			}
 		}
 	}
 	a.failClosed = map[types.UID]string{}
@@ -134,4 +146,18 @@ func (a *Agent) reportFailClosed(desired *State, pods []PodState) {
 	for reason, n := range byReason {
 		a.cfg.Metrics.podsFailClosed.WithLabelValues(reason).Set(float64(n))
 	}
+}
+
+// capacityNote names the maps a pod's policy must fit in, with their use.
+func (a *Agent) capacityNote() string {
+	n, err := a.cfg.Datapath.MapEntries()
+	var parts []string
+	for _, m := range []string{"sw_rules", "sw_policies"} {
+		if err != nil {
+			parts = append(parts, fmt.Sprintf("%s capacity %d", m, a.cfg.Datapath.Capacity(m)))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d/%d entries", m, n[m], a.cfg.Datapath.Capacity(m)))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sidewall/sidewall/bpfext"
@@ -78,6 +79,14 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	if n, _ := h.dp.MapEntries(); n["sw_rules"] != 1 || n["sw_policies"] != 1 {
 		t.Errorf("maps hold %d rules entries, %d policies; want web-1's only (1, 1)", n["sw_rules"], n["sw_policies"])
 	}
+	warn := waitEvent(t, h, web2.Name, agent.EventReasonMapFull)
+	if warn.Type != corev1.EventTypeWarning || warn.Action != agent.EventActionFailClosed ||
+		warn.ReportingController != agent.ReportingController || warn.ReportingInstance != h.node.Name() ||
+		warn.Regarding.Kind != "Pod" || warn.Regarding.UID != web2.UID || !strings.Contains(warn.Note, "sw_rules 1/1") {
+		t.Errorf("MapFull event: type %q action %q reported by %s/%s regarding %s %s, note %q; want Warning FailClosed by %s/%s on Pod %s naming sw_rules 1/1",
+			warn.Type, warn.Action, warn.ReportingController, warn.ReportingInstance, warn.Regarding.Kind, warn.Regarding.UID, warn.Note,
+			agent.ReportingController, h.node.Name(), web2.UID)
+	}
 
 	// A restarted agent rewrites web-1's policy over the entries the map
 	// already holds: the full map must not refuse it.
@@ -103,6 +112,57 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	if st := h.agent.State(); len(st.FailClosed) != 0 {
 		t.Errorf("state still lists fail-closed pods: %v", st.FailClosed)
 	}
+	ok := waitEvent(t, h, web2.Name, agent.EventReasonEnforced)
+	if ok.Type != corev1.EventTypeNormal || ok.Action != agent.EventActionEnforce || ok.ReportingInstance != h.node.Name() {
+		t.Errorf("Enforced event: type %q action %q instance %q; want Normal %s by %s", ok.Type, ok.Action, ok.ReportingInstance, agent.EventActionEnforce, h.node.Name())
+	}
+	// Events are recorded on transitions only: the reconciles while web-2
+	// failed closed (resyncs, web-1's deletion) add none. The restarted
+	// agent saw web-2 start failing closed once more.
+	evs := podEvents(t, h, web2.Name)
+	var warnings, normals int
+	for _, ev := range evs {
+		switch ev.Reason {
+		case agent.EventReasonMapFull:
+			warnings++
+			if ev.Series != nil {
+				t.Errorf("MapFull event %s repeated %d times", ev.Name, ev.Series.Count)
+			}
+		case agent.EventReasonEnforced:
+			normals++
+		}
+	}
+	if warnings != 2 || normals != 1 {
+		t.Errorf("web-2 has %d MapFull and %d Enforced events, want 2 (one per agent run) and 1", warnings, normals)
+	}
+}
+
+// podEvents lists the events.k8s.io Events regarding a pod of the harness.
+func podEvents(t *testing.T, h *harness, pod string) []eventsv1.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := h.cs.EventsV1().Events(h.ns).List(ctx, metav1.ListOptions{FieldSelector: "regarding.name=" + pod})
+	if err != nil {
+		t.Fatalf("list events: %v", err)
+	}
+	return l.Items
+}
+
+// waitEvent waits for an Event with the reason on the pod.
+func waitEvent(t *testing.T, h *harness, pod, reason string) eventsv1.Event {
+	t.Helper()
+	var found eventsv1.Event
+	waitFor(t, reason+" event on "+pod, func() bool {
+		for _, ev := range podEvents(t, h, pod) {
+			if ev.Regarding.Name == pod && ev.Reason == reason {
+				found = ev
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -150,16 +150,20 @@ func serve(ctx context.Context, log *slog.Logger, o options) error {
 		return err
 	}
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rec, err := agent.NewEventRecorder(ctx, client, o.nodeName)
+	if err != nil {
+		return err
+	}
 	a, err := agent.New(agent.Config{
 		NodeName: o.nodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
-		Cgroups: resolver, Observer: obs, Logger: log, Resync: o.resync,
+		Cgroups: resolver, Observer: obs, Events: rec, Logger: log, Resync: o.resync,
 	})
 	if err != nil {
 		return err
 	}
 	errc := make(chan error, 3)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	if obs != nil {
 		go func() { errc <- obs.Serve(ctx) }()
 		log.Info("serving hubble observer", "addrs", fmt.Sprint(obs.Addrs()))
