@@ -1,20 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,6 +27,7 @@ import (
 	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
 	"github.com/sidewall/sidewall/demo/localnode"
+	"github.com/sidewall/sidewall/hack/bench/internal/proc"
 )
 
 const (
@@ -127,7 +123,7 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 
 	b := &bench{
 		binary: binary, kubeconfig: env.Kubeconfig, node: node,
-		pinDir:  filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-bench-"+randHex(4)),
+		pinDir:  filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-bench-"+proc.RandHex(4)),
 		logPath: logPath, logLevel: logLevel,
 	}
 	if b.logPath == "" {
@@ -160,16 +156,16 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 	for i := range nLatency {
 		d, cg, err := b.timedPod(ctx, i, nPolicies)
 		if err != nil {
-			return fmt.Errorf("%w (agent log: %s)", err, tail(b.logPath))
+			return fmt.Errorf("%w (agent log: %s)", err, proc.Tail(b.logPath))
 		}
 		lat = append(lat, d)
 		sidecars = append(sidecars, cg)
 	}
 	slices.Sort(lat)
-	p50, p99 := percentile(lat, 50), percentile(lat, 99)
+	p50, p99 := proc.Percentile(lat, 50), proc.Percentile(lat, 99)
 	fmt.Printf("agent: pod status update -> sidecar classified in the maps, %d pods one at a time (node growing to %d pods):\n", nLatency, nLatency)
 	fmt.Printf("agent:   p50 %.1f ms, p99 %.1f ms, max %.1f ms (target p99 < %.0f ms, ratio %.2f)\n",
-		ms(p50), ms(p99), ms(lat[len(lat)-1]), ms(targetP99), float64(p99)/float64(targetP99))
+		proc.MS(p50), proc.MS(p99), proc.MS(lat[len(lat)-1]), proc.MS(targetP99), float64(p99)/float64(targetP99))
 
 	// 2. Scale the node up, let the running agent converge.
 	fmt.Fprintf(os.Stderr, ">> scale: starting %d more pods with %d workers\n", nPods-nLatency, workers)
@@ -184,7 +180,7 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 		return err
 	}
 	converged := time.Since(start)
-	hwm, rss, _ := memory(a.cmd.Process.Pid)
+	hwm, rss, _ := proc.Memory(a.cmd.Process.Pid)
 	before, err := mapCounts(b.pinDir)
 	if err != nil {
 		return err
@@ -226,7 +222,7 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 		if err != nil {
 			return err
 		}
-		hwm, rss, err := memory(a.cmd.Process.Pid)
+		hwm, rss, err := proc.Memory(a.cmd.Process.Pid)
 		if err != nil {
 			return err
 		}
@@ -239,7 +235,7 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 		fmt.Printf("agent %s: maps %s\n", what, after)
 		fmt.Printf("agent %s: memory VmHWM %.1f MB, VmRSS %.1f MB (target < %.0f MB, ratio %.2f)\n",
 			what, hwm, rss, targetMemoryMB, hwm/targetMemoryMB)
-		if cpu, err := cpuTime(a.cmd.Process.Pid); err == nil {
+		if cpu, err := proc.CPUTime(a.cmd.Process.Pid); err == nil {
 			fmt.Printf("agent %s: CPU time until ready %.2fs (user+system)\n", what, cpu.Seconds())
 		}
 	}
@@ -390,9 +386,9 @@ func (b *bench) waitClassified(ctx context.Context, cgs []uint64, exited <-chan 
 		}
 		select {
 		case err := <-exited:
-			return fmt.Errorf("agent exited: %v (log: %s)", err, tail(b.logPath))
+			return fmt.Errorf("agent exited: %v (log: %s)", err, proc.Tail(b.logPath))
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d sidecars still unclassified (log: %s)", n, len(cgs), tail(b.logPath))
+			return fmt.Errorf("%d of %d sidecars still unclassified (log: %s)", n, len(cgs), proc.Tail(b.logPath))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -420,7 +416,7 @@ func (a *agentProc) stop() {
 // startAgent runs the agent binary on this node and returns once /readyz
 // answers (its first reconcile is complete).
 func (b *bench) startAgent(ctx context.Context) (*agentProc, error) {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -462,10 +458,10 @@ func (b *bench) startAgent(ctx context.Context) (*agentProc, error) {
 		}
 		select {
 		case err := <-a.exited:
-			return nil, fmt.Errorf("agent exited before ready: %v (log: %s)", err, tail(b.logPath))
+			return nil, fmt.Errorf("agent exited before ready: %v (log: %s)", err, proc.Tail(b.logPath))
 		case <-ctx.Done():
 			a.stop()
-			return nil, fmt.Errorf("agent not ready in time (log: %s)", tail(b.logPath))
+			return nil, fmt.Errorf("agent not ready in time (log: %s)", proc.Tail(b.logPath))
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -496,83 +492,4 @@ func mapCounts(pinDir string) (string, error) {
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
 	parts = append(parts, fmt.Sprintf("attached-cgroups=%d", len(links)))
 	return strings.Join(parts, " "), nil
-}
-
-func percentile(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p + 99) / 100
-	return sorted[max(0, min(len(sorted)-1, i-1))]
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// tail returns the last lines of the agent's log, for errors.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return path
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return path + ":\n" + strings.Join(lines[max(0, len(lines)-15):], "\n")
-}
-
-// memory returns VmHWM (peak resident set) and VmRSS of a process in MB.
-func memory(pid int) (hwm, rss float64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, fmt.Errorf("read agent memory: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 3 || fields[2] != "kB" {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(fields[1], 64)
-		switch fields[0] {
-		case "VmHWM:":
-			hwm = kb / 1024
-		case "VmRSS:":
-			rss = kb / 1024
-		}
-	}
-	if hwm == 0 {
-		return 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
-	}
-	return hwm, rss, sc.Err()
-}
-
-// cpuTime returns the user plus system CPU time a process has used.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read agent CPU time: %w", err)
-	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	// USER_HZ is 100 on every Linux this runs on.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }

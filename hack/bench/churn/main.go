@@ -3,14 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,6 +33,7 @@ import (
 	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
 	"github.com/sidewall/sidewall/demo/localnode"
+	"github.com/sidewall/sidewall/hack/bench/internal/proc"
 )
 
 const (
@@ -194,7 +192,7 @@ func Run(c Config) (*Result, error) {
 	}
 
 	b := &bench{Config: c, kubeconfig: env.Kubeconfig, node: node,
-		pinDir: filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-churn-"+randHex(4))}
+		pinDir: filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-churn-"+proc.RandHex(4))}
 	defer func() {
 		dp, err := bpfext.Load(bpfext.Options{PinDir: b.pinDir, KeepVerdicts: true})
 		if err == nil {
@@ -300,7 +298,7 @@ func Run(c Config) (*Result, error) {
 	wg.Wait()
 	r.Churn = time.Since(start)
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("churn: %w (agent log: %s)", err, tail(c.LogPath))
+		return nil, fmt.Errorf("churn: %w (agent log: %s)", err, proc.Tail(c.LogPath))
 	}
 
 	// Settle: the maps and attachments must come back to the baseline.
@@ -345,11 +343,11 @@ func Run(c Config) (*Result, error) {
 	}
 	if len(lat) > 0 {
 		slices.Sort(lat)
-		r.ClassifyP50, r.ClassifyP99, r.ClassifyMax = percentile(lat, 50), percentile(lat, 99), lat[len(lat)-1]
+		r.ClassifyP50, r.ClassifyP99, r.ClassifyMax = proc.Percentile(lat, 50), proc.Percentile(lat, 99), lat[len(lat)-1]
 	}
 	r.print(c, len(removed))
 	if err := r.Failed(c.Cycles); err != nil {
-		return r, fmt.Errorf("%w (agent log: %s)", err, tail(c.LogPath))
+		return r, fmt.Errorf("%w (agent log: %s)", err, proc.Tail(c.LogPath))
 	}
 	return r, nil
 }
@@ -470,7 +468,7 @@ func (b *bench) snapshot(a *agentProc) (Snapshot, error) {
 		return s, err
 	}
 	s.Attached = len(att)
-	if s.HWMMB, s.RSSMB, err = memory(a.cmd.Process.Pid); err != nil {
+	if s.HWMMB, s.RSSMB, err = proc.Memory(a.cmd.Process.Pid); err != nil {
 		return s, err
 	}
 	m, err := b.scrape()
@@ -516,7 +514,7 @@ func (r *Result) print(c Config, removed int) {
 	fmt.Fprintf(w, "churn: %d pod create/delete cycles (%d workers) under %d policies, %d resident pods: %.1fs, %.1f cycles/s\n",
 		r.Cycles, c.Workers, c.Policies, c.Resident, r.Churn.Seconds(), float64(r.Cycles)/r.Churn.Seconds())
 	fmt.Fprintf(w, "churn: pod status -> sidecar classified: p50 %.1f ms, p99 %.1f ms, max %.1f ms; missed reconciles %d; resident sidecars unclassified at the end %d\n",
-		ms(r.ClassifyP50), ms(r.ClassifyP99), ms(r.ClassifyMax), r.Missed, r.ResidentMissing)
+		proc.MS(r.ClassifyP50), proc.MS(r.ClassifyP99), proc.MS(r.ClassifyMax), r.Missed, r.ResidentMissing)
 	fmt.Fprintf(w, "churn: back to baseline %.1fs after the last cycle; agent reconciles %d (errors %d) during the churn\n",
 		r.Settle.Seconds(), r.End.Reconciles-r.Baseline.Reconciles, r.End.Errors-r.Baseline.Errors)
 	fmt.Fprintf(w, "churn: %-24s %10s %10s\n", "measure", "baseline", "end")
@@ -606,9 +604,9 @@ func (b *bench) waitFor(ctx context.Context, a *agentProc, cond func() (bool, er
 		select {
 		case err := <-a.exited:
 			a.exited <- err
-			return fmt.Errorf("agent exited: %v (log: %s)", err, tail(b.LogPath))
+			return fmt.Errorf("agent exited: %v (log: %s)", err, proc.Tail(b.LogPath))
 		case <-ctx.Done():
-			return fmt.Errorf("%w (log: %s)", ctx.Err(), tail(b.LogPath))
+			return fmt.Errorf("%w (log: %s)", ctx.Err(), proc.Tail(b.LogPath))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -636,7 +634,7 @@ func (a *agentProc) stop() {
 // startAgent runs the agent binary on this node and returns once /readyz
 // answers (its first reconcile is complete).
 func (b *bench) startAgent(ctx context.Context) (*agentProc, error) {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -679,70 +677,11 @@ func (b *bench) startAgent(ctx context.Context) (*agentProc, error) {
 		}
 		select {
 		case err := <-a.exited:
-			return nil, fmt.Errorf("agent exited before ready: %v (log: %s)", err, tail(b.LogPath))
+			return nil, fmt.Errorf("agent exited before ready: %v (log: %s)", err, proc.Tail(b.LogPath))
 		case <-ctx.Done():
 			a.stop()
-			return nil, fmt.Errorf("agent not ready in time (log: %s)", tail(b.LogPath))
+			return nil, fmt.Errorf("agent not ready in time (log: %s)", proc.Tail(b.LogPath))
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-}
-
-func percentile(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p + 99) / 100
-	return sorted[max(0, min(len(sorted)-1, i-1))]
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// tail returns the last lines of the agent's log, for errors.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return path
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return path + ":\n" + strings.Join(lines[max(0, len(lines)-15):], "\n")
-}
-
-// memory returns VmHWM (peak resident set) and VmRSS of a process in MB.
-func memory(pid int) (hwm, rss float64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, fmt.Errorf("read agent memory: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 3 || fields[2] != "kB" {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(fields[1], 64)
-		switch fields[0] {
-		case "VmHWM:":
-			hwm = kb / 1024
-		case "VmRSS:":
-			rss = kb / 1024
-		}
-	}
-	if hwm == 0 {
-		return 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
-	}
-	return hwm, rss, sc.Err()
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +26,7 @@ import (
 
 	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/bench/internal/proc"
 	"github.com/sidewall/sidewall/translator"
 )
 
@@ -107,7 +106,7 @@ func run(nPolicies, nNamespaces, nPods, writers int, binary, logPath string, tim
 		}
 	}
 
-	probe, err := freePort()
+	probe, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -178,11 +177,11 @@ func run(nPolicies, nNamespaces, nPods, writers int, binary, logPath string, tim
 	}
 	converge := time.Since(start)
 
-	hwm, rss, err := memory(ctrl.Process.Pid)
+	hwm, rss, err := proc.Memory(ctrl.Process.Pid)
 	if err != nil {
 		return err
 	}
-	cpu, err := cpuTime(ctrl.Process.Pid)
+	cpu, err := proc.CPUTime(ctrl.Process.Pid)
 	if err != nil {
 		return err
 	}
@@ -192,7 +191,7 @@ func run(nPolicies, nNamespaces, nPods, writers int, binary, logPath string, tim
 	fmt.Printf("controller CPU time until converged: %.1fs (user+system)\n", cpu.Seconds())
 	for _, name := range []string{"kube-apiserver", "etcd"} {
 		if pid, err := childNamed(name); err == nil {
-			if cpu, err := cpuTime(pid); err == nil {
+			if cpu, err := proc.CPUTime(pid); err == nil {
 				fmt.Printf("%s CPU time (whole run, for comparison): %.1fs\n", name, cpu.Seconds())
 			}
 		}
@@ -353,54 +352,6 @@ func waitReady(ctx context.Context, port int, exited <-chan error) error {
 	}
 }
 
-// memory returns VmHWM (peak resident set) and VmRSS of a process in MB.
-func memory(pid int) (hwm, rss float64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, fmt.Errorf("read controller memory: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 3 || fields[2] != "kB" {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(fields[1], 64)
-		switch fields[0] {
-		case "VmHWM:":
-			hwm = kb / 1024
-		case "VmRSS:":
-			rss = kb / 1024
-		}
-	}
-	if hwm == 0 {
-		return 0, 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
-	}
-	return hwm, rss, sc.Err()
-}
-
-// cpuTime returns the user plus system CPU time a process has used.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read controller CPU time: %w", err)
-	}
-	// The command name, field 2, may hold spaces; count from after it.
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	// USER_HZ is 100 on every Linux this runs on.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
-}
-
 // childNamed finds a child process of this one by command name; envtest
 // starts kube-apiserver and etcd as children.
 func childNamed(name string) (int, error) {
@@ -422,15 +373,6 @@ func childNamed(name string) (int, error) {
 		return strconv.Atoi(strings.Fields(s)[0])
 	}
 	return 0, fmt.Errorf("no child process %s", name)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func moduleRoot() (string, error) {
