@@ -393,6 +393,10 @@ func validatePortRules(rules []v1alpha1.PortRule, path *field.Path) field.ErrorL
 			errs = append(errs, field.Forbidden(rp.Child("dns"), "rules.dns is "+notSupported+": only rules.http is"))
 		}
 		if r.Rules.HTTP == nil {
+			if r.Rules.DNS == nil {
+				// Cilium's CNP schema needs exactly one kind of L7 rule.
+				errs = append(errs, field.Required(rp.Child("http"), "rules needs http rules; remove an empty rules stanza"))
+			}
 			continue
 		}
 		if len(r.Ports) == 0 {
