@@ -79,17 +79,8 @@ func (d *Datapath) Attach(cgroupPath string) (uint64, error) {
 	return cgid, nil
 }
 
-// Detach removes the pinned links of a cgroup, which detaches the entry
-// programs. For a cgroup already removed, use DetachID.
-func (d *Datapath) Detach(cgroupPath string) error {
-	cgid, err := CgroupID(cgroupPath)
-	if err != nil {
-		return err
-	}
-	return d.DetachID(cgid)
-}
-
-// DetachID is Detach by cgroup id, for cgroups already removed.
+// DetachID removes the pinned links of a cgroup by its id, which detaches
+// the entry programs; the cgroup may already be removed.
 func (d *Datapath) DetachID(cgid uint64) error {
 	dir := d.linkDir(cgid)
 	entries, err := os.ReadDir(dir)

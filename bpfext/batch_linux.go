@@ -84,3 +84,43 @@ func countEntries(m *ebpf.Map) (int, error) {
 		}
 	}
 }
+
+// batchPut writes keys[i] -> values[i] in one syscall where the map type
+// supports batches, element by element otherwise.
+func batchPut(m *ebpf.Map, what string, keys, values any) error {
+	kv, vv := reflect.ValueOf(keys), reflect.ValueOf(values)
+	if kv.Len() == 0 {
+		return nil
+	}
+	_, err := m.BatchUpdate(keys, values, nil)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("update %s: %w", what, err)
+	}
+	for i := 0; i < kv.Len(); i++ {
+		if err := m.Put(kv.Index(i).Interface(), vv.Index(i).Interface()); err != nil {
+			return fmt.Errorf("update %s: %w", what, err)
+		}
+	}
+	return nil
+}
+
+// batchDelete removes keys; keys that are absent are not an error.
+func batchDelete(m *ebpf.Map, what string, keys any) error {
+	kv := reflect.ValueOf(keys)
+	if kv.Len() == 0 {
+		return nil
+	}
+	if _, err := m.BatchDelete(keys, nil); err == nil {
+		return nil
+	}
+	// A batch stops at the first missing key; finish one by one.
+	for i := 0; i < kv.Len(); i++ {
+		if err := m.Delete(kv.Index(i).Interface()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s: %w", what, err)
+		}
+	}
+	return nil
+}

@@ -172,7 +172,7 @@ func BenchmarkRewriteAllPolicies(b *testing.B) {
 					continue
 				}
 				for id, rules := range all {
-					if err := d.ReplacePolicyRules(id, rules); err != nil {
+					if err := d.replacePolicyRules(id, rules); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -32,7 +32,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if e.Direction > Ingress || e.Verdict > Audit || e.Reason >= reasonMax || e.Hook > HookSendmsg {
+		if e.Direction > Ingress || e.Verdict > Audit || uint32(e.Reason) >= reasonMax || e.Hook > HookSendmsg {
 			t.Fatalf("accepted an event out of range: %v", e)
 		}
 		var rec objs.SkbEvent

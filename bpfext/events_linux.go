@@ -86,7 +86,7 @@ func DecodeEvent(raw []byte) (Event, error) {
 		return Event{}, fmt.Errorf("decode event: direction %d out of range", e.Direction)
 	case out.Verdict > Audit:
 		return Event{}, fmt.Errorf("decode event: verdict %d out of range", e.Verdict)
-	case out.Reason >= reasonMax:
+	case uint32(out.Reason) >= reasonMax:
 		return Event{}, fmt.Errorf("decode event: reason %d out of range", e.Reason)
 	case out.Hook > HookSendmsg:
 		return Event{}, fmt.Errorf("decode event: hook %d out of range", e.Hook)
@@ -115,7 +115,7 @@ func (d *Datapath) Counters() (Counters, error) {
 			c.Verdicts[CounterKey{Direction(dir), Verdict(v), Reason(k % reasonMax)}] = sum
 		case k == countersPerReasonSet:
 			c.EventsLost = sum
-		case k == countersPerReasonSet+1:
+		case k == counterUnknownCgroup:
 			c.UnknownCgroup = sum
 		}
 	}

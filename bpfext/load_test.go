@@ -26,7 +26,7 @@ func newTestDatapath(t testing.TB) *Datapath {
 	t.Helper()
 	requireRoot(t)
 	dir := filepath.Join(DefaultBPFFSRoot, uniqueName("sidewall-test-"))
-	d, err := Load(Options{PinDir: dir, MaxEntries: map[string]uint32{"sw_events": 1 << 20}})
+	d, err := Load(Options{PinDir: dir, MaxEntries: map[string]uint32{MapEvents: 1 << 20}})
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}

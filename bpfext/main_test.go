@@ -6,7 +6,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/sidewall/sidewall/bpfext/nettest"
+	"github.com/sidewall/sidewall/hack/harness/nettest"
 )
 
 const loaderEnv = "SIDEWALL_TEST_LOADER"

@@ -24,7 +24,7 @@ func TestReplacePolicyRules(t *testing.T) {
 		t.Fatal("A:8080 denied before the replace")
 	}
 	rules := []Rule{{RuleID: 99, PolicyID: 10, Direction: Egress, Peer: identityB, Protocol: ProtoTCP, PortLow: 443, Action: ActionAllow}}
-	if err := d.ReplacePolicyRules(10, rules); err != nil {
+	if err := d.replacePolicyRules(10, rules); err != nil {
 		t.Fatal(err)
 	}
 	if runVerdict(t, d.VerdictProgram(SlotEgress), skbContext(t, d, cgSidecar), packet("10.1.0.5", "10.0.0.1", ProtoTCP, 32002, 8080)) != 0 {
@@ -44,7 +44,7 @@ func TestReplacePolicyRules(t *testing.T) {
 	}
 
 	// The flows the verdict runs above opened are forgotten with their cgroup.
-	if n, _ := d.MapEntries(); n["sw_flows"] == 0 || n["sw_local_ports"] == 0 {
+	if n, _ := d.MapEntries(); n[MapFlows] == 0 || n[MapLocalPorts] == 0 {
 		t.Fatalf("no flows or local ports to forget: %v", n)
 	}
 	if err := d.ForgetFlows([]uint64{cgSidecar, cgAuditor, cgApp}); err != nil {
@@ -52,10 +52,10 @@ func TestReplacePolicyRules(t *testing.T) {
 	}
 
 	// Removing everything the test added brings the maps back to empty.
-	if err := d.ReplacePolicyRules(10, nil); err != nil {
+	if err := d.replacePolicyRules(10, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.ReplacePolicyRules(20, nil); err != nil {
+	if err := d.replacePolicyRules(20, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.DeleteContainers([]uint64{cgSidecar, cgAuditor, cgApp, cgPod}); err != nil {
@@ -75,12 +75,12 @@ func TestReplacePolicyRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range []string{"sw_flows", "sw_local_ports", "sw_containers", "sw_pods", "sw_ident4", "sw_ident6", "sw_cidr4", "sw_cidr6", "sw_rules", "sw_policies"} {
+	for _, m := range []string{MapFlows, "sw_local_ports", "sw_containers", "sw_pods", "sw_ident4", "sw_ident6", "sw_cidr4", "sw_cidr6", "sw_rules", "sw_policies"} {
 		if after[m] != 0 {
 			t.Errorf("%s has %d entries after deleting everything (had %d)", m, after[m], base[m])
 		}
 	}
-	if base["sw_rules"] == 0 {
+	if base[MapRules] == 0 {
 		t.Error("MapEntries saw no rules before the deletes")
 	}
 }
@@ -189,8 +189,8 @@ func TestReplaceRules(t *testing.T) {
 	if err := d.ReplaceRules(drop); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := d.MapEntries(); n["sw_rules"] != 0 || n["sw_policies"] != 0 {
-		t.Errorf("after dropping every policy: %d rules, %d policies", n["sw_rules"], n["sw_policies"])
+	if n, _ := d.MapEntries(); n[MapRules] != 0 || n[MapPolicies] != 0 {
+		t.Errorf("after dropping every policy: %d rules, %d policies", n[MapRules], n[MapPolicies])
 	}
 }
 
@@ -238,7 +238,7 @@ func TestListInBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if counts["sw_ident4"] != n || counts["sw_cidr4"] != 5 {
-		t.Errorf("counted %d exact and %d cidr entries, want %d and 5", counts["sw_ident4"], counts["sw_cidr4"], n)
+	if counts[MapIdentities4] != n || counts[MapCIDR4] != 5 {
+		t.Errorf("counted %d exact and %d cidr entries, want %d and 5", counts[MapIdentities4], counts[MapCIDR4], n)
 	}
 }

@@ -86,7 +86,7 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("a failed load left its pin dir behind: %v", err)
 		os.RemoveAll(fresh)
 	}
-	if _, err := Load(Options{PinDir: d.PinDir(), MaxEntries: map[string]uint32{"sw_rules": 1024}}); err == nil {
+	if _, err := Load(Options{PinDir: d.PinDir(), MaxEntries: map[string]uint32{MapRules: 1024}}); err == nil {
 		t.Error("adopting a pinned map with another size succeeded")
 	} else {
 		t.Logf("%v", err)

@@ -13,7 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/sidewall/sidewall/bpfext/nettest"
+	"github.com/sidewall/sidewall/hack/harness/nettest"
 )
 
 // testPod is one "pod": a network namespace with two containers (cgroups
@@ -265,7 +265,7 @@ func TestRealTraffic(t *testing.T) {
 			}
 		}
 		udpRule := []Rule{rules[1]}
-		if err := d.DeleteRules(udpRule); err != nil {
+		if err := d.deleteRules(udpRule); err != nil {
 			t.Fatal(err)
 		}
 		if r := s.Exchange(t); r.OK || r.Err != "EPERM" {
@@ -339,7 +339,7 @@ func TestRealTraffic(t *testing.T) {
 	})
 
 	t.Run("detach lifts enforcement", func(t *testing.T) {
-		if err := d.Detach(p.pod); err != nil {
+		if err := d.detach(p.pod); err != nil {
 			t.Fatal(err)
 		}
 		p.check(t, []expect{{"sidecar tcp to B after detach", p.sidecar, []string{"connect", "tcp", b4, "2s"}, true, ""}})

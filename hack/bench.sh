@@ -33,7 +33,7 @@ fi
 
 if want observer; then
 	section "observer: flows per second to one 'hubble observe --follow' client"
-	gobench ./bpfext/observer 'FollowThroughput|Convert' 100000x
+	gobench ./agent/hubble 'FollowThroughput|Convert' 100000x
 fi
 
 if want agent && [ -x hack/bench-agent.sh ]; then
@@ -48,8 +48,8 @@ fi
 
 if want node; then
 	section "node: cgroup watcher latency (mkdir -> event) and local-node pod start"
-	gobench ./bpfext/cgroups 'WatcherLatency' 200x
-	gobench ./demo/localnode 'RunPod' 20x
+	gobench ./agent/cgroups 'WatcherLatency' 200x
+	gobench ./hack/harness/localnode 'RunPod' 20x
 fi
 
 exit "$failed"

@@ -13,8 +13,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 
+	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/bpfext"
-	"github.com/sidewall/sidewall/bpfext/cgroups"
 )
 
 // The capability helper: when the test binary runs with these set, it only

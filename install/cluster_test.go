@@ -29,9 +29,9 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/sidewall/sidewall/bpfext/identity"
-	"github.com/sidewall/sidewall/crds/testenv"
+	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 	"github.com/sidewall/sidewall/translator/controller"
 )
 
@@ -243,7 +243,7 @@ func TestAgentRBACLive(t *testing.T) {
 	if _, err := identity.CiliumInstalled(kc.Discovery()); err != nil {
 		t.Errorf("detect cilium as sidewall-agent: %v", err)
 	}
-	// What bpfext/agent's informers do: pods of its node, every policy.
+	// What agent's informers do: pods of its node, every policy.
 	podOpts := metav1.ListOptions{FieldSelector: "spec.nodeName=node-1"}
 	if _, err := kc.CoreV1().Pods("").List(ctx, podOpts); err != nil {
 		t.Errorf("list pods of the node: %v", err)

@@ -127,10 +127,10 @@ func TestControllerRoleMatchesGenerated(t *testing.T) {
 
 // agentCalls is every API call the node agent makes, by identity source.
 // The agent packages do not export such a list, so it is kept here, read
-// off bpfext/agent (pod informer with a spec.nodeName field selector,
+// off agent (pod informer with a spec.nodeName field selector,
 // dynamic informer on containernetworkpolicies, the events.k8s.io recorder
 // of NewEventRecorder, which creates Events and patches their series),
-// bpfext/identity
+// agent/identity
 // (CiliumSource: CiliumEndpoint and CiliumIdentity informers; PodSource:
 // pod and namespace informers) and cmd/sidewall-agent (discovery of
 // cilium.io/v2, which every authenticated user may do). TestAgentRBACLive

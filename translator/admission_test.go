@@ -8,7 +8,7 @@ import (
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sidewall/sidewall/crds/testenv"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 // TestAdmission creates every test case's policy on a real kube-apiserver

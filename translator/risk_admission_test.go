@@ -14,8 +14,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 // TestAdmissionPolicyMatchesAnalysis installs the ValidatingAdmissionPolicy

@@ -393,4 +393,6 @@ int sw_verdict_ingress(struct __sk_buff *skb)
 /* Keeps struct event in BTF so bpf2go -type can mirror it in Go. */
 const struct event *unused_event __attribute__((unused));
 
+CONTRACT_TYPES
+
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -19,6 +19,22 @@ type SkbConfig struct {
 	Flags uint64
 }
 
+type SkbConfigFlag uint32
+
+const (
+	SkbConfigFlagCONFIG_NO_SOCKET_CACHE SkbConfigFlag = 1
+)
+
+type SkbContainerFlag uint32
+
+const (
+	SkbContainerFlagCF_EGRESS_RESTRICTED  SkbContainerFlag = 1
+	SkbContainerFlagCF_INGRESS_RESTRICTED SkbContainerFlag = 2
+	SkbContainerFlagCF_AUDIT              SkbContainerFlag = 4
+	SkbContainerFlagCF_DENY_ALL           SkbContainerFlag = 8
+	SkbContainerFlagCF_FAIL_OPEN          SkbContainerFlag = 16
+)
+
 type SkbContainerInfo struct {
 	_           structs.HostLayout
 	PolicyId    uint32
@@ -26,6 +42,21 @@ type SkbContainerInfo struct {
 	ContainerId uint32
 	Flags       uint32
 }
+
+type SkbCounter uint32
+
+const (
+	SkbCounterCOUNTER_EVENTS_LOST    SkbCounter = 96
+	SkbCounterCOUNTER_UNKNOWN_CGROUP SkbCounter = 97
+	SkbCounterCOUNTERS_MAX           SkbCounter = 104
+)
+
+type SkbDirection uint32
+
+const (
+	SkbDirectionDIR_EGRESS  SkbDirection = 0
+	SkbDirectionDIR_INGRESS SkbDirection = 1
+)
 
 type SkbEvent struct {
 	_            structs.HostLayout
@@ -72,6 +103,14 @@ type SkbFlowKey struct {
 	Pad      uint8
 }
 
+type SkbHook uint32
+
+const (
+	SkbHookHOOK_SKB     SkbHook = 0
+	SkbHookHOOK_CONNECT SkbHook = 1
+	SkbHookHOOK_SENDMSG SkbHook = 2
+)
+
 type SkbIp4LpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -88,6 +127,12 @@ type SkbIp6LpmKey struct {
 	Prefixlen uint32
 	Addr      [16]uint8
 }
+
+type SkbLocalPeer uint32
+
+const (
+	SkbLocalPeerLOCAL_PEER_UNKNOWN SkbLocalPeer = 4294967295
+)
 
 type SkbLocalPortKey struct {
 	_     structs.HostLayout
@@ -109,6 +154,34 @@ type SkbPolicyInfo struct {
 	Plens [16]uint32
 }
 
+type SkbReason uint32
+
+const (
+	SkbReasonREASON_NONE         SkbReason = 0
+	SkbReasonREASON_RULE_ALLOW   SkbReason = 1
+	SkbReasonREASON_RULE_DENY    SkbReason = 2
+	SkbReasonREASON_DEFAULT_DENY SkbReason = 3
+	SkbReasonREASON_EXCLUSIVE    SkbReason = 4
+	SkbReasonREASON_REPLY        SkbReason = 5
+	SkbReasonREASON_UNRESTRICTED SkbReason = 6
+	SkbReasonREASON_UNCLASSIFIED SkbReason = 7
+	SkbReasonREASON_TRUNCATED    SkbReason = 8
+	SkbReasonREASON_FRAGMENT     SkbReason = 9
+	SkbReasonREASON_UNKNOWN_L4   SkbReason = 10
+	SkbReasonREASON_NO_VERDICT   SkbReason = 11
+	SkbReasonREASON_MALFORMED    SkbReason = 12
+	SkbReasonREASON_SELF         SkbReason = 13
+	SkbReasonREASON_MAX          SkbReason = 16
+)
+
+type SkbRuleAction uint32
+
+const (
+	SkbRuleActionRA_ALLOW     SkbRuleAction = 1
+	SkbRuleActionRA_DENY      SkbRuleAction = 2
+	SkbRuleActionRA_EXCLUSIVE SkbRuleAction = 4
+)
+
 type SkbRuleInfo struct {
 	_      structs.HostLayout
 	RuleId uint32
@@ -124,6 +197,22 @@ type SkbRuleKey struct {
 	Proto    uint8
 	Flags    uint8
 }
+
+type SkbRuleKeyFlag uint32
+
+const (
+	SkbRuleKeyFlagRK_INGRESS    SkbRuleKeyFlag = 1
+	SkbRuleKeyFlagRK_LOCAL      SkbRuleKeyFlag = 2
+	SkbRuleKeyFlagRK_PLEN_SHIFT SkbRuleKeyFlag = 2
+)
+
+type SkbVerdict uint32
+
+const (
+	SkbVerdictVERDICT_ALLOW SkbVerdict = 0
+	SkbVerdictVERDICT_DENY  SkbVerdict = 1
+	SkbVerdictVERDICT_AUDIT SkbVerdict = 2
+)
 
 type SkbVerdictCache struct {
 	_   structs.HostLayout
@@ -145,27 +234,37 @@ type SkbVerdictCache struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SkbMapSwCallsEgress     = "sw_calls_egress"
-	SkbMapSwCallsIngress    = "sw_calls_ingress"
-	SkbMapSwCidr4           = "sw_cidr4"
-	SkbMapSwCidr6           = "sw_cidr6"
-	SkbMapSwConfig          = "sw_config"
-	SkbMapSwContainers      = "sw_containers"
-	SkbMapSwCounters        = "sw_counters"
-	SkbMapSwEvents          = "sw_events"
-	SkbMapSwFlows           = "sw_flows"
-	SkbMapSwIdent4          = "sw_ident4"
-	SkbMapSwIdent6          = "sw_ident6"
-	SkbMapSwLocalPorts      = "sw_local_ports"
-	SkbMapSwPods            = "sw_pods"
-	SkbMapSwPolicies        = "sw_policies"
-	SkbMapSwRules           = "sw_rules"
-	SkbMapSwSockCache       = "sw_sock_cache"
-	SkbProgSwEntryEgress    = "sw_entry_egress"
-	SkbProgSwEntryIngress   = "sw_entry_ingress"
-	SkbProgSwVerdictEgress  = "sw_verdict_egress"
-	SkbProgSwVerdictIngress = "sw_verdict_ingress"
-	SkbVarUnusedEvent       = "unused_event"
+	SkbMapSwCallsEgress         = "sw_calls_egress"
+	SkbMapSwCallsIngress        = "sw_calls_ingress"
+	SkbMapSwCidr4               = "sw_cidr4"
+	SkbMapSwCidr6               = "sw_cidr6"
+	SkbMapSwConfig              = "sw_config"
+	SkbMapSwContainers          = "sw_containers"
+	SkbMapSwCounters            = "sw_counters"
+	SkbMapSwEvents              = "sw_events"
+	SkbMapSwFlows               = "sw_flows"
+	SkbMapSwIdent4              = "sw_ident4"
+	SkbMapSwIdent6              = "sw_ident6"
+	SkbMapSwLocalPorts          = "sw_local_ports"
+	SkbMapSwPods                = "sw_pods"
+	SkbMapSwPolicies            = "sw_policies"
+	SkbMapSwRules               = "sw_rules"
+	SkbMapSwSockCache           = "sw_sock_cache"
+	SkbProgSwEntryEgress        = "sw_entry_egress"
+	SkbProgSwEntryIngress       = "sw_entry_ingress"
+	SkbProgSwVerdictEgress      = "sw_verdict_egress"
+	SkbProgSwVerdictIngress     = "sw_verdict_ingress"
+	SkbVarContractConfigFlag    = "__contract_config_flag"
+	SkbVarContractContainerFlag = "__contract_container_flag"
+	SkbVarContractCounter       = "__contract_counter"
+	SkbVarContractDirection     = "__contract_direction"
+	SkbVarContractHook          = "__contract_hook"
+	SkbVarContractLocalPeer     = "__contract_local_peer"
+	SkbVarContractReason        = "__contract_reason"
+	SkbVarContractRuleAction    = "__contract_rule_action"
+	SkbVarContractRuleKeyFlag   = "__contract_rule_key_flag"
+	SkbVarContractVerdict       = "__contract_verdict"
+	SkbVarUnusedEvent           = "unused_event"
 )
 
 // LoadSkb returns the embedded CollectionSpec for Skb.
@@ -242,7 +341,17 @@ type SkbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkbVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	ContractConfigFlag    *ebpf.VariableSpec `ebpf:"__contract_config_flag"`
+	ContractContainerFlag *ebpf.VariableSpec `ebpf:"__contract_container_flag"`
+	ContractCounter       *ebpf.VariableSpec `ebpf:"__contract_counter"`
+	ContractDirection     *ebpf.VariableSpec `ebpf:"__contract_direction"`
+	ContractHook          *ebpf.VariableSpec `ebpf:"__contract_hook"`
+	ContractLocalPeer     *ebpf.VariableSpec `ebpf:"__contract_local_peer"`
+	ContractReason        *ebpf.VariableSpec `ebpf:"__contract_reason"`
+	ContractRuleAction    *ebpf.VariableSpec `ebpf:"__contract_rule_action"`
+	ContractRuleKeyFlag   *ebpf.VariableSpec `ebpf:"__contract_rule_key_flag"`
+	ContractVerdict       *ebpf.VariableSpec `ebpf:"__contract_verdict"`
+	UnusedEvent           *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // SkbObjects contains all objects after they have been loaded into the kernel.
@@ -308,7 +417,17 @@ func (m *SkbMaps) Close() error {
 //
 // It can be passed to LoadSkbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkbVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	ContractConfigFlag    *ebpf.Variable `ebpf:"__contract_config_flag"`
+	ContractContainerFlag *ebpf.Variable `ebpf:"__contract_container_flag"`
+	ContractCounter       *ebpf.Variable `ebpf:"__contract_counter"`
+	ContractDirection     *ebpf.Variable `ebpf:"__contract_direction"`
+	ContractHook          *ebpf.Variable `ebpf:"__contract_hook"`
+	ContractLocalPeer     *ebpf.Variable `ebpf:"__contract_local_peer"`
+	ContractReason        *ebpf.Variable `ebpf:"__contract_reason"`
+	ContractRuleAction    *ebpf.Variable `ebpf:"__contract_rule_action"`
+	ContractRuleKeyFlag   *ebpf.Variable `ebpf:"__contract_rule_key_flag"`
+	ContractVerdict       *ebpf.Variable `ebpf:"__contract_verdict"`
+	UnusedEvent           *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // SkbPrograms contains all programs after they have been loaded into the kernel.

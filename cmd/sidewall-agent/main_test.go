@@ -1,12 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -19,8 +20,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sidewall/sidewall/bpfext"
-	"github.com/sidewall/sidewall/crds/testenv"
-	"github.com/sidewall/sidewall/demo/localnode"
+	"github.com/sidewall/sidewall/hack/harness"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 func freeAddr(t *testing.T) string {
@@ -38,9 +40,7 @@ func freeAddr(t *testing.T) string {
 // local node's kubepods cgroup: it must become ready, answer the stock
 // hubble CLI, and stop cleanly leaving its pins for the next agent.
 func TestServe(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test loads BPF and creates cgroups and needs root")
-	}
+	harness.RequirePrivileged(t)
 	env := testenv.New(t, testenv.Options{SkipCiliumCRDs: true})
 	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {
@@ -75,11 +75,15 @@ func TestServe(t *testing.T) {
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(sctx, slog.New(slog.NewTextHandler(io.Discard, nil)), options{
-			nodeName: node.Name(), kubeconfig: env.Kubeconfig, pinDir: pinDir, cgroups: cg,
-			hubbleSock: sock, hubbleAddr: hubbleAddr, httpAddr: httpAddr, idSource: "auto",
-			clusterName: "default", resync: time.Minute,
-		})
+		var log bytes.Buffer
+		code := run(sctx, []string{"--node-name", node.Name(), "--kubeconfig", env.Kubeconfig, "--pin-dir", pinDir,
+			"--cgroup-mount", cg.Mount, "--cgroup-root", cg.Parent, "--kubepods-root", cg.Root, "--cgroup-driver", string(cg.Driver),
+			"--hubble-socket", sock, "--hubble-listen-address", hubbleAddr, "--metrics-bind-address", httpAddr,
+			"--identity-source", "auto", "--cluster-name", "default", "--resync", "1m"}, &log)
+		if code != 0 {
+			done <- fmt.Errorf("exit status %d:\n%s", code, log.String())
+		}
+		done <- nil
 	}()
 
 	deadline := time.Now().Add(30 * time.Second)
@@ -110,8 +114,12 @@ func TestServe(t *testing.T) {
 	if !strings.Contains(string(body), "sidewall_reconcile_duration_seconds_count") {
 		t.Errorf("metrics lack the reconcile histogram:\n%s", body)
 	}
+	hubbleCLI, err := harness.Tool("hubble")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, server := range []string{hubbleAddr, "unix://" + sock} {
-		out, err := exec.CommandContext(ctx, filepath.Join("..", "..", "bin", "hubble"), "status", "--server", server).CombinedOutput()
+		out, err := exec.CommandContext(ctx, hubbleCLI, "status", "--server", server).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "Healthcheck") {
 			t.Errorf("hubble status --server %s: %v\n%s", server, err, out)
 		}

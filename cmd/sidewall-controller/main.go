@@ -4,13 +4,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/go-logr/logr"
 
 	"github.com/sidewall/sidewall/translator/controller"
 )
@@ -33,11 +35,17 @@ func run() int {
 		concurrency    = flag.Int("max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles, "policies reconciled in parallel")
 		gracefulPeriod = flag.Duration("graceful-shutdown-timeout", 30*time.Second, "how long to wait for reconciles to finish on shutdown")
 	)
-	zopts := zap.Options{}
-	zopts.BindFlags(flag.CommandLine)
+	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	// --kubeconfig is registered by controller-runtime's config package.
 	flag.Parse()
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "invalid --log-level %q: %v\n", *logLevel, err)
+		return 2
+	}
+	// The agent logs the same way: slog JSON, "err" for errors (logr's key),
+	// camelCase keys (controller-runtime's own).
+	ctrl.SetLogger(logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	log := ctrl.Log.WithName("setup")
 
 	if *concurrency < 1 {

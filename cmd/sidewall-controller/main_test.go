@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidewall/sidewall/crds/testenv"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 // buildController builds this command once per test binary run.

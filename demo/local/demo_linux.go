@@ -18,24 +18,19 @@ import (
 
 	"github.com/cilium/cilium/pkg/policy/api"
 	"github.com/go-logr/logr"
-	"github.com/go-logr/zapr"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/sidewall/sidewall/agent"
+	"github.com/sidewall/sidewall/agent/hubble"
+	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/bpfext"
-	"github.com/sidewall/sidewall/bpfext/agent"
-	"github.com/sidewall/sidewall/bpfext/cgroups"
-	"github.com/sidewall/sidewall/bpfext/identity"
-	"github.com/sidewall/sidewall/bpfext/observer"
-	"github.com/sidewall/sidewall/crds/testenv"
-	"github.com/sidewall/sidewall/demo/localnode"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 	"github.com/sidewall/sidewall/translator/controller"
 )
 
@@ -65,7 +60,7 @@ type demo struct {
 	cs       kubernetes.Interface
 	node     *localnode.Node
 	agent    *agent.Agent
-	obs      *observer.Server
+	obs      *hubble.Server
 	hubbleAt string
 	pods     map[string]*localnode.Pod
 
@@ -196,8 +191,8 @@ func (d *demo) setup(ctx context.Context, hubbleBin string) error {
 	}
 	d.logFile, d.logPath = f, f.Name()
 
-	zl := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(f), zapcore.DebugLevel))
-	var logger logr.Logger = zapr.NewLogger(zl)
+	// One log, one style for every component: slog text, as the agent logs.
+	logger := logr.FromSlogHandler(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	// Before testenv.Start: controller-runtime keeps the first logger set.
 	ctrl.SetLogger(logger)
 	klog.SetLogger(logger.WithName("client-go"))
@@ -353,58 +348,31 @@ func (d *demo) startAgent(ctx context.Context) (err error) {
 	done := d.progress("sidewall-agent (in this process): BPF datapath and Hubble API")
 	defer func() { done(err) }()
 	pinDir := filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-demo-"+randHex(4))
-	dp, err := bpfext.Load(bpfext.Options{PinDir: pinDir})
-	if err != nil {
-		return fmt.Errorf("load datapath: %w", err)
-	}
-	d.defer_("remove BPF pins "+pinDir, func() error { return errors.Join(dp.Unpin(), dp.Close()) })
-
-	resolver, err := cgroups.NewResolver(d.node.CgroupConfig())
-	if err != nil {
-		return fmt.Errorf("cgroup resolver: %w", err)
-	}
 	log := slog.New(slog.NewTextHandler(d.logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	obs, err := observer.New(observer.Options{UnixSocket: "-", TCPAddress: "127.0.0.1:0", NodeName: d.node.Name(), Logger: log.With("component", "hubble")})
-	if err != nil {
-		return err
-	}
-	if err := obs.Listen(); err != nil {
-		return err
-	}
-	dyn, err := dynamic.NewForConfig(d.env.Config)
-	if err != nil {
-		return fmt.Errorf("dynamic client: %w", err)
-	}
-	a, err := agent.New(agent.Config{
-		NodeName: d.node.Name(), Client: d.cs, Dynamic: dyn,
-		Identities: identity.NewPodSource(d.cs, nil, "", log.With("component", "identity")),
-		Datapath:   dp, Cgroups: resolver, Observer: obs, Logger: log,
+	n, err := agent.Start(context.Background(), agent.Options{
+		NodeName: d.node.Name(), Config: d.env.Config, PinDir: pinDir, Cgroups: d.node.CgroupConfig(),
+		HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0", IdentitySource: agent.IdentitiesLocal, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-	actx, cancel := context.WithCancel(context.Background())
-	agentDone := make(chan error, 1)
-	obsDone := make(chan error, 1)
-	go func() { agentDone <- a.Run(actx) }()
-	go func() { obsDone <- obs.Serve(actx) }()
-	d.defer_("stop agent", func() error {
-		cancel()
-		var errs []error
-		for _, ch := range []chan error{agentDone, obsDone} {
-			select {
-			case err := <-ch:
-				if err != nil && !errors.Is(err, context.Canceled) {
-					errs = append(errs, err)
-				}
-			case <-time.After(waitLimit):
-				errs = append(errs, errors.New("agent did not stop"))
-			}
+	d.defer_("remove BPF pins "+pinDir, func() error {
+		dp, err := bpfext.Load(bpfext.Options{PinDir: pinDir})
+		if err != nil {
+			return err
 		}
-		return errors.Join(errs...)
+		return errors.Join(dp.Unpin(), dp.Close())
 	})
-	d.agent, d.obs = a, obs
-	d.hubbleAt = obs.Addrs()[0].String()
+	d.defer_("stop agent", func() error {
+		select {
+		case <-time.After(waitLimit):
+			return errors.New("agent did not stop")
+		case err := <-stopped(n):
+			return err
+		}
+	})
+	d.agent, d.obs = n.Agent, n.Hubble
+	d.hubbleAt = n.Hubble.Addrs()[0].String()
 	defer func() {
 		if err == nil {
 			done(nil)
@@ -412,15 +380,16 @@ func (d *demo) startAgent(ctx context.Context) (err error) {
 			fmt.Fprintf(d.out, "    BPF pins in %s, Hubble API on %s\n", pinDir, d.hubbleAt)
 		}
 	}()
-	return poll(ctx, "agent ready", func() (bool, error) {
-		select {
-		case err := <-agentDone:
-			agentDone <- err
-			return false, fmt.Errorf("agent exited: %w", err)
-		default:
-		}
-		return a.Ready(), nil
-	})
+	wctx, cancel := context.WithTimeout(ctx, waitLimit)
+	defer cancel()
+	return n.WaitReady(wctx)
+}
+
+// stopped stops the agent and reports its exit.
+func stopped(n *agent.Node) <-chan error {
+	c := make(chan error, 1)
+	go func() { c <- n.Stop() }()
+	return c
 }
 
 // poll calls cond every 50ms until it is true, fails, ctx ends or

@@ -4,7 +4,7 @@
 //
 // It starts a real control plane (kube-apiserver and etcd from bin/k8s) with
 // sidewall's and Cilium's CRDs, runs sidewall's controller and node agent in
-// this process, and plays the kubelet of one node (demo/localnode): real
+// this process, and plays the kubelet of one node (hack/harness/localnode): real
 // cgroups, a real network namespace per pod and real processes. In
 // namespace `shop` the pod `web` runs an `app` container (HTTP on 8080, an
 // admin port on 9090) and a `log-shipper` native sidecar; `logging` and

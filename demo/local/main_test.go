@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidewall/sidewall/demo/localnode"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
 )
 
 // The test binary is also the demo: started with demoEnv set it runs main,

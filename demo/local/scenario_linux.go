@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -23,7 +22,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sidewall/sidewall/crds/v1alpha1"
-	"github.com/sidewall/sidewall/demo/localnode"
+	"github.com/sidewall/sidewall/hack/harness"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
 )
 
 // requestTimeout bounds each connection of the matrix: a connection the
@@ -509,20 +509,8 @@ func findHubble(flagValue string) (string, error) {
 	if flagValue != "" {
 		return flagValue, nil
 	}
-	if dir, err := os.Getwd(); err == nil {
-		for {
-			p := filepath.Join(dir, "bin", "hubble")
-			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-				if _, err := os.Stat(p); err == nil {
-					return p, nil
-				}
-			}
-			parent := filepath.Dir(dir)
-			if parent == dir {
-				break
-			}
-			dir = parent
-		}
+	if p, err := harness.Tool("hubble"); err == nil {
+		return p, nil
 	}
 	if p, err := exec.LookPath("hubble"); err == nil {
 		return p, nil

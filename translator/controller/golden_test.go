@@ -19,8 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/yaml"
 
-	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 // goldenCase is one directory of the translator's golden cases

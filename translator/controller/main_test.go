@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
-	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 	"github.com/sidewall/sidewall/translator"
 )
 

@@ -14,8 +14,14 @@
 /* A zero peer or protocol in a rule key is the wildcard. */
 #define PEER_ANY 0
 #define PROTO_ANY 0
-/* Pod-local peer whose container is not known: matches only wildcards. */
-#define LOCAL_PEER_UNKNOWN 0xffffffff
+
+/* Every value the Go side must agree on is an enum, so bpf2go -type
+ * generates it for Go from this file (see CONTRACT_TYPES below). */
+
+enum local_peer {
+	/* Pod-local peer whose container is not known: matches only wildcards. */
+	LOCAL_PEER_UNKNOWN = 0xffffffff,
+};
 
 /* linux/in.h would pull in the build host's asm/byteorder.h. */
 #define IPPROTO_ICMP 1
@@ -60,21 +66,27 @@ enum hook {
 };
 
 /* container_info.flags */
-#define CF_EGRESS_RESTRICTED (1 << 0)
-#define CF_INGRESS_RESTRICTED (1 << 1)
-#define CF_AUDIT (1 << 2)
-#define CF_DENY_ALL (1 << 3)  /* unclassified cgroup of a restricted pod */
-#define CF_FAIL_OPEN (1 << 4) /* allow when the verdict program is missing */
+enum container_flag {
+	CF_EGRESS_RESTRICTED = 1 << 0,
+	CF_INGRESS_RESTRICTED = 1 << 1,
+	CF_AUDIT = 1 << 2,
+	CF_DENY_ALL = 1 << 3,  /* unclassified cgroup of a restricted pod */
+	CF_FAIL_OPEN = 1 << 4, /* allow when the verdict program is missing */
+};
 
 /* rule_info.action */
-#define RA_ALLOW (1 << 0)
-#define RA_DENY (1 << 1)
-#define RA_EXCLUSIVE (1 << 2) /* the deny enforces a sibling's exclusive grant */
+enum rule_action {
+	RA_ALLOW = 1 << 0,
+	RA_DENY = 1 << 1,
+	RA_EXCLUSIVE = 1 << 2, /* the deny enforces a sibling's exclusive grant */
+};
 
 /* rule_key.flags: bit 0 direction, bit 1 pod-local peer, bits 2..6 port prefix length */
-#define RK_INGRESS (1 << 0)
-#define RK_LOCAL (1 << 1)
-#define RK_PLEN_SHIFT 2
+enum rule_key_flag {
+	RK_INGRESS = 1 << 0,
+	RK_LOCAL = 1 << 1,
+	RK_PLEN_SHIFT = 2,
+};
 
 #define PORT_PLENS 17 /* 0 (any port) .. 16 (one port) */
 
@@ -163,7 +175,9 @@ struct config {
 	__u64 flags;
 };
 
-#define CONFIG_NO_SOCKET_CACHE (1 << 0)
+enum config_flag {
+	CONFIG_NO_SOCKET_CACHE = 1 << 0,
+};
 
 /* A socket's last allowed verdict per direction: a connected socket's
  * packets skip the identity, rule and flow lookups while nothing changed. */
@@ -208,9 +222,12 @@ struct event {
 };
 
 /* Counter index: ((dir * 3) + verdict) * REASON_MAX + reason, then extras. */
-#define COUNTER_EVENTS_LOST (2 * 3 * REASON_MAX)
-#define COUNTER_UNKNOWN_CGROUP (COUNTER_EVENTS_LOST + 1)
-#define COUNTERS_MAX (COUNTER_EVENTS_LOST + 8)
+enum counter {
+	/* 0 .. COUNTER_EVENTS_LOST-1: direction x verdict x reason */
+	COUNTER_EVENTS_LOST = 2 * 3 * REASON_MAX,
+	COUNTER_UNKNOWN_CGROUP = COUNTER_EVENTS_LOST + 1,
+	COUNTERS_MAX = COUNTER_EVENTS_LOST + 8,
+};
 
 /* skb->cb[] handoff from the entry program to the verdict program: the
  * classification, so the verdict need not look the container up again. */
@@ -222,3 +239,18 @@ struct event {
 #define CB_MAGIC 0x5357 /* "SW": cb was written by a sidewall entry */
 
 #define MAX_CGROUP_LEVEL 32
+
+/* bpf2go -type finds a type only in the object's BTF, and an enum that
+ * only names constants has none: these unused declarations put each
+ * contract enum there, so Go gets it generated (objs/gen.go). */
+#define CONTRACT_TYPES                                                         \
+	const enum direction *__contract_direction __attribute__((unused));        \
+	const enum verdict *__contract_verdict __attribute__((unused));            \
+	const enum reason *__contract_reason __attribute__((unused));              \
+	const enum hook *__contract_hook __attribute__((unused));                  \
+	const enum container_flag *__contract_container_flag __attribute__((unused)); \
+	const enum rule_action *__contract_rule_action __attribute__((unused));    \
+	const enum rule_key_flag *__contract_rule_key_flag __attribute__((unused)); \
+	const enum local_peer *__contract_local_peer __attribute__((unused));      \
+	const enum counter *__contract_counter __attribute__((unused));           \
+	const enum config_flag *__contract_config_flag __attribute__((unused));

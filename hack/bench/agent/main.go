@@ -5,17 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -23,11 +20,11 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sidewall/sidewall/bpfext"
-	"github.com/sidewall/sidewall/bpfext/objs"
-	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
-	"github.com/sidewall/sidewall/demo/localnode"
-	"github.com/sidewall/sidewall/hack/bench/internal/proc"
+	"github.com/sidewall/sidewall/hack/harness/agentnode"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
+	"github.com/sidewall/sidewall/hack/harness/proc"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 const (
@@ -36,7 +33,6 @@ const (
 	targetMemoryMB = 150.0
 	namespace      = "bench"
 	sidecar        = "log-shipper"
-	cfDenyAll      = 1 << 3 // container_info.flags, bpf/lib/common.h
 )
 
 func main() {
@@ -61,7 +57,7 @@ func main() {
 type bench struct {
 	binary, kubeconfig, pinDir, logPath, logLevel string
 	node                                          *localnode.Node
-	containers                                    *ebpf.Map // pinned sw_containers, opened read-only
+	containers                                    *bpfext.Pinned // the agent's pinned maps, read-only
 }
 
 func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel string, timeout time.Duration) error {
@@ -143,9 +139,9 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 	if err != nil {
 		return err
 	}
-	defer func() { a.stop() }() // the agent running when run returns
-	if b.containers, err = ebpf.LoadPinnedMap(filepath.Join(b.pinDir, "sw_containers"), &ebpf.LoadPinOptions{ReadOnly: true}); err != nil {
-		return fmt.Errorf("open pinned containers map: %w", err)
+	defer func() { a.Stop() }() // the agent running when run returns
+	if b.containers, err = bpfext.OpenPinned(b.pinDir); err != nil {
+		return err
 	}
 	defer b.containers.Close()
 
@@ -176,11 +172,11 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 	}
 	sidecars = append(sidecars, more...)
 	started := time.Since(start)
-	if err := b.waitClassified(ctx, sidecars, a.exited); err != nil {
+	if err := b.waitClassified(ctx, sidecars, a.Exited); err != nil {
 		return err
 	}
 	converged := time.Since(start)
-	hwm, rss, _ := proc.Memory(a.cmd.Process.Pid)
+	hwm, rss, _ := proc.Memory(a.Pid())
 	before, err := mapCounts(b.pinDir)
 	if err != nil {
 		return err
@@ -192,7 +188,7 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 
 	// 3. Restart adopting the pins, then a cold start on empty maps.
 	for _, cold := range []bool{false, true} {
-		a.stop()
+		a.Stop()
 		what := "restart (adopts the pinned maps and links)"
 		if cold {
 			what = "cold start (maps and links removed first)"
@@ -212,8 +208,8 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 		}
 		ready := time.Since(t0)
 		if cold {
-			if b.containers, err = ebpf.LoadPinnedMap(filepath.Join(b.pinDir, "sw_containers"), &ebpf.LoadPinOptions{ReadOnly: true}); err != nil {
-				return fmt.Errorf("open pinned containers map: %w", err)
+			if b.containers, err = bpfext.OpenPinned(b.pinDir); err != nil {
+				return err
 			}
 		}
 		// Ready means one complete reconcile: every sidecar must be
@@ -222,7 +218,7 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 		if err != nil {
 			return err
 		}
-		hwm, rss, err := proc.Memory(a.cmd.Process.Pid)
+		hwm, rss, err := proc.Memory(a.Pid())
 		if err != nil {
 			return err
 		}
@@ -235,11 +231,11 @@ func run(nLatency, nPods, nPolicies, workers int, binary, logPath, logLevel stri
 		fmt.Printf("agent %s: maps %s\n", what, after)
 		fmt.Printf("agent %s: memory VmHWM %.1f MB, VmRSS %.1f MB (target < %.0f MB, ratio %.2f)\n",
 			what, hwm, rss, targetMemoryMB, hwm/targetMemoryMB)
-		if cpu, err := proc.CPUTime(a.cmd.Process.Pid); err == nil {
+		if cpu, err := proc.CPUTime(a.Pid()); err == nil {
 			fmt.Printf("agent %s: CPU time until ready %.2fs (user+system)\n", what, cpu.Seconds())
 		}
 	}
-	a.stop()
+	a.Stop()
 	fmt.Fprintln(os.Stderr, ">> tearing down the node")
 	return nil
 }
@@ -295,7 +291,7 @@ func (b *bench) timedPod(ctx context.Context, i, nPolicies int) (time.Duration, 
 		t0 := time.Now()
 		go func() {
 			for time.Since(t0) < 10*time.Second {
-				if ok, err := b.classified(cg); err != nil || ok {
+				if ok, err := b.containers.Classified(cg); err != nil || ok {
 					done <- result{time.Since(t0), err}
 					return
 				}
@@ -312,31 +308,7 @@ func (b *bench) timedPod(ctx context.Context, i, nPolicies int) (time.Duration, 
 	return r.d, cg, r.err
 }
 
-func (b *bench) classified(cg uint64) (bool, error) {
-	var ci objs.SkbContainerInfo
-	err := b.containers.Lookup(cg, &ci)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("look up cgroup %d: %w", cg, err)
-	}
-	return ci.Flags&cfDenyAll == 0 && ci.PolicyId != 0, nil
-}
-
-func (b *bench) unclassified(cgs []uint64) (int, error) {
-	n := 0
-	for _, cg := range cgs {
-		ok, err := b.classified(cg)
-		if err != nil {
-			return 0, err
-		}
-		if !ok {
-			n++
-		}
-	}
-	return n, nil
-}
+func (b *bench) unclassified(cgs []uint64) (int, error) { return b.containers.Unclassified(cgs) }
 
 func (b *bench) startPods(ctx context.Context, from, to, nPolicies, workers int) ([]uint64, error) {
 	var (
@@ -394,98 +366,29 @@ func (b *bench) waitClassified(ctx context.Context, cgs []uint64, exited <-chan 
 	}
 }
 
-type agentProc struct {
-	cmd    *exec.Cmd
-	exited chan error
-	once   sync.Once
-}
-
-// stop sends SIGTERM, as kubelet does, and waits for the exit.
-func (a *agentProc) stop() {
-	a.once.Do(func() {
-		_ = a.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-a.exited:
-			a.exited <- err
-		case <-time.After(20 * time.Second):
-			_ = a.cmd.Process.Kill()
-		}
+// startAgent runs the agent binary on this node and returns once it is ready.
+func (b *bench) startAgent(ctx context.Context) (*agentnode.Process, error) {
+	a, err := agentnode.StartProcess(ctx, agentnode.ProcessOptions{
+		Binary: b.binary, Kubeconfig: b.kubeconfig, Node: b.node, PinDir: b.pinDir, LogPath: b.logPath, LogLevel: b.logLevel,
 	})
-}
-
-// startAgent runs the agent binary on this node and returns once /readyz
-// answers (its first reconcile is complete).
-func (b *bench) startAgent(ctx context.Context) (*agentProc, error) {
-	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	cmd := exec.Command(b.binary,
-		"--kubeconfig", b.kubeconfig,
-		"--node-name", b.node.Name(),
-		"--pin-dir", b.pinDir,
-		"--cgroup-mount", b.node.CgroupMount(),
-		"--cgroup-root", b.node.CgroupRoot(),
-		"--cgroup-driver", "cgroupfs",
-		"--identity-source", "local",
-		"--hubble-socket", "-",
-		"--hubble-listen-address", "-",
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
-		"--log-level", b.logLevel,
-	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// The agent must not outlive this program, even if it is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	a := &agentProc{cmd: cmd, exited: make(chan error, 1)}
-	go func() { a.exited <- cmd.Wait() }()
-	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
-	hc := &http.Client{Timeout: time.Second}
-	for {
-		resp, err := hc.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a, nil
-			}
-		}
-		select {
-		case err := <-a.exited:
-			return nil, fmt.Errorf("agent exited before ready: %v (log: %s)", err, proc.Tail(b.logPath))
-		case <-ctx.Done():
-			a.stop()
-			return nil, fmt.Errorf("agent not ready in time (log: %s)", proc.Tail(b.logPath))
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return a, nil
 }
 
 // mapCounts counts the entries of the maps the agent programs.
 func mapCounts(pinDir string) (string, error) {
+	p, err := bpfext.OpenPinned(pinDir)
+	if err != nil {
+		return "", err
+	}
+	defer p.Close()
 	var parts []string
-	for _, name := range []string{"sw_containers", "sw_pods", "sw_rules", "sw_policies", "sw_ident4", "sw_cidr4"} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+	for _, name := range []string{bpfext.MapContainers, bpfext.MapPods, bpfext.MapRules, bpfext.MapPolicies, bpfext.MapIdentities4, bpfext.MapCIDR4} {
+		n, err := p.Entries(name)
 		if err != nil {
-			return "", fmt.Errorf("open pinned %s: %w", name, err)
-		}
-		n := 0
-		k := make([]byte, m.KeySize())
-		v := make([]byte, m.ValueSize())
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			n++
-		}
-		err = it.Err()
-		m.Close()
-		if err != nil {
-			return "", fmt.Errorf("count %s: %w", name, err)
+			return "", err
 		}
 		parts = append(parts, fmt.Sprintf("%s=%d", name, n))
 	}

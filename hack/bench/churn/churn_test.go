@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidewall/sidewall/bpfext"
 )
 
 // TestChurn runs a small churn (20 cycles under 10 policies, 3 resident
@@ -31,7 +33,7 @@ func TestChurn(t *testing.T) {
 	if r.Cycles != 20 || r.Missed != 0 || len(r.Leaks) != 0 {
 		t.Errorf("cycles %d, missed %d, leaks %v; want 20, 0, none", r.Cycles, r.Missed, r.Leaks)
 	}
-	if got := r.Baseline.Maps["sw_pods"]; got != resident {
+	if got := r.Baseline.Maps[bpfext.MapPods]; got != resident {
 		t.Errorf("baseline sw_pods = %d, want %d (one per resident pod)", got, resident)
 	}
 	if r.Baseline.Attached < 1 || r.Baseline.Goroutines < 1 {

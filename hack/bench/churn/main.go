@@ -17,10 +17,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,17 +27,16 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sidewall/sidewall/bpfext"
-	"github.com/sidewall/sidewall/bpfext/objs"
-	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
-	"github.com/sidewall/sidewall/demo/localnode"
-	"github.com/sidewall/sidewall/hack/bench/internal/proc"
+	"github.com/sidewall/sidewall/hack/harness/agentnode"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
+	"github.com/sidewall/sidewall/hack/harness/proc"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 const (
 	namespace = "churn"
 	sidecar   = "log-shipper"
-	cfDenyAll = 1 << 3 // container_info.flags, bpf/lib/common.h
 )
 
 // Config is one churn run.
@@ -121,7 +118,7 @@ type bench struct {
 	Config
 	kubeconfig, pinDir string
 	node               *localnode.Node
-	containers         *ebpf.Map // pinned sw_containers, opened read-only
+	containers         *bpfext.Pinned // the agent's pinned maps, read-only
 	dp                 *bpfext.Datapath
 	metricsURL         string
 }
@@ -206,9 +203,9 @@ func Run(c Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer a.stop()
-	if b.containers, err = ebpf.LoadPinnedMap(filepath.Join(b.pinDir, "sw_containers"), &ebpf.LoadPinOptions{ReadOnly: true}); err != nil {
-		return nil, fmt.Errorf("open pinned containers map: %w", err)
+	defer a.Stop()
+	if b.containers, err = bpfext.OpenPinned(b.pinDir); err != nil {
+		return nil, err
 	}
 	defer b.containers.Close()
 	// KeepVerdicts: this handle only reads; the agent's verdicts stay.
@@ -393,7 +390,7 @@ func (b *bench) cycle(ctx context.Context, i int) (time.Duration, removedPod, er
 	var d time.Duration
 	var cerr error
 	for {
-		ok, err := b.classified(cg)
+		ok, err := b.containers.Classified(cg)
 		if err != nil {
 			cerr = err
 			break
@@ -457,7 +454,7 @@ func (b *bench) containerKeys() (map[uint64]bool, error) {
 	return out, nil
 }
 
-func (b *bench) snapshot(a *agentProc) (Snapshot, error) {
+func (b *bench) snapshot(a *agentnode.Process) (Snapshot, error) {
 	var s Snapshot
 	var err error
 	if s.Maps, err = b.dp.MapEntries(); err != nil {
@@ -468,7 +465,7 @@ func (b *bench) snapshot(a *agentProc) (Snapshot, error) {
 		return s, err
 	}
 	s.Attached = len(att)
-	if s.HWMMB, s.RSSMB, err = proc.Memory(a.cmd.Process.Pid); err != nil {
+	if s.HWMMB, s.RSSMB, err = proc.Memory(a.Pid()); err != nil {
 		return s, err
 	}
 	m, err := b.scrape()
@@ -569,41 +566,17 @@ func podSpec(name string, i, nPolicies int) *corev1.Pod {
 	}
 }
 
-func (b *bench) classified(cg uint64) (bool, error) {
-	var ci objs.SkbContainerInfo
-	err := b.containers.Lookup(cg, &ci)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("look up cgroup %d: %w", cg, err)
-	}
-	return ci.Flags&cfDenyAll == 0 && ci.PolicyId != 0, nil
-}
+func (b *bench) unclassified(cgs []uint64) (int, error) { return b.containers.Unclassified(cgs) }
 
-func (b *bench) unclassified(cgs []uint64) (int, error) {
-	n := 0
-	for _, cg := range cgs {
-		ok, err := b.classified(cg)
-		if err != nil {
-			return 0, err
-		}
-		if !ok {
-			n++
-		}
-	}
-	return n, nil
-}
-
-func (b *bench) waitFor(ctx context.Context, a *agentProc, cond func() (bool, error)) error {
+func (b *bench) waitFor(ctx context.Context, a *agentnode.Process, cond func() (bool, error)) error {
 	for {
 		ok, err := cond()
 		if err != nil || ok {
 			return err
 		}
 		select {
-		case err := <-a.exited:
-			a.exited <- err
+		case err := <-a.Exited:
+			a.Exited <- err
 			return fmt.Errorf("agent exited: %v (log: %s)", err, proc.Tail(b.LogPath))
 		case <-ctx.Done():
 			return fmt.Errorf("%w (log: %s)", ctx.Err(), proc.Tail(b.LogPath))
@@ -612,76 +585,14 @@ func (b *bench) waitFor(ctx context.Context, a *agentProc, cond func() (bool, er
 	}
 }
 
-type agentProc struct {
-	cmd    *exec.Cmd
-	exited chan error
-	once   sync.Once
-}
-
-// stop sends SIGTERM, as kubelet does, and waits for the exit.
-func (a *agentProc) stop() {
-	a.once.Do(func() {
-		_ = a.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-a.exited:
-			a.exited <- err
-		case <-time.After(20 * time.Second):
-			_ = a.cmd.Process.Kill()
-		}
+// startAgent runs the agent binary on this node and returns once it is ready.
+func (b *bench) startAgent(ctx context.Context) (*agentnode.Process, error) {
+	a, err := agentnode.StartProcess(ctx, agentnode.ProcessOptions{
+		Binary: b.Agent, Kubeconfig: b.kubeconfig, Node: b.node, PinDir: b.pinDir, LogPath: b.LogPath, LogLevel: b.LogLevel,
 	})
-}
-
-// startAgent runs the agent binary on this node and returns once /readyz
-// answers (its first reconcile is complete).
-func (b *bench) startAgent(ctx context.Context) (*agentProc, error) {
-	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.OpenFile(b.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	cmd := exec.Command(b.Agent,
-		"--kubeconfig", b.kubeconfig,
-		"--node-name", b.node.Name(),
-		"--pin-dir", b.pinDir,
-		"--cgroup-mount", b.node.CgroupMount(),
-		"--cgroup-root", b.node.CgroupRoot(),
-		"--cgroup-driver", "cgroupfs",
-		"--identity-source", "local",
-		"--hubble-socket", "-",
-		"--hubble-listen-address", "-",
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
-		"--log-level", b.LogLevel,
-	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// The agent must not outlive this program, even if it is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	a := &agentProc{cmd: cmd, exited: make(chan error, 1)}
-	go func() { a.exited <- cmd.Wait() }()
-	b.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
-	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
-	hc := &http.Client{Timeout: time.Second}
-	for {
-		resp, err := hc.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a, nil
-			}
-		}
-		select {
-		case err := <-a.exited:
-			return nil, fmt.Errorf("agent exited before ready: %v (log: %s)", err, proc.Tail(b.LogPath))
-		case <-ctx.Done():
-			a.stop()
-			return nil, fmt.Errorf("agent not ready in time (log: %s)", proc.Tail(b.LogPath))
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	b.metricsURL = a.MetricsURL
+	return a, nil
 }

@@ -24,9 +24,9 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sidewall/sidewall/crds/testenv"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
-	"github.com/sidewall/sidewall/hack/bench/internal/proc"
+	"github.com/sidewall/sidewall/hack/harness/proc"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
 	"github.com/sidewall/sidewall/translator"
 )
 

@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/sidewall/sidewall/agent/cgroups"
+	"github.com/sidewall/sidewall/agent/hubble"
+	"github.com/sidewall/sidewall/agent/identity"
+	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/crds/v1alpha1"
+)
+
+// DefaultResync is how often the agent reconciles without a trigger, to
+// repair anything an event did not cover.
+const DefaultResync = 30 * time.Second
+
+// Config configures an Agent.
+type Config struct {
+	// NodeName is this node: only its pods are enforced.
+	NodeName string
+	Client   kubernetes.Interface
+	// Dynamic reads ContainerNetworkPolicies.
+	Dynamic dynamic.Interface
+	// Identities supplies peer identities; the agent runs it.
+	Identities identity.Source
+	// Datapath is the loaded (adopted) datapath.
+	Datapath *bpfext.Datapath
+	// Cgroups finds pod and container cgroups.
+	Cgroups *cgroups.Resolver
+	// Observer, if set, receives a flow per datapath event.
+	Observer *hubble.Server
+	// Metrics, if set, is where the agent's metrics are registered.
+	Metrics *Metrics
+	// Events, if set, records Events on pods when they start and stop
+	// failing closed (NewEventRecorder); nil records none.
+	Events events.EventRecorder
+	Logger *slog.Logger
+	// Resync is the period of full reconciles; DefaultResync when 0.
+	Resync time.Duration
+}
+
+// Agent is the node agent loop.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	pods     corelisters.PodLister
+	policies cache.Store
+
+	ids     *IDs
+	applied map[uint32][]bpfext.Rule // rules written per policy id, nil before the first reconcile
+	tables  tables
+	// ruleSets caches each policy's translation by UID (reconcile only).
+	ruleSets map[types.UID]cachedRuleSet
+	state    atomic.Pointer[State]
+	ready    atomic.Bool
+	watcher  *cgroups.Watcher
+	watched  map[types.UID]bool
+	// failClosed holds the pods failing closed after the last reconcile,
+	// with the reason, so a pod is logged when it starts and stops.
+	failClosed map[types.UID]string
+
+	mu        sync.Mutex
+	firstSeen map[uint64]time.Time // container cgroup id -> when its cgroup appeared
+	// classified holds the container cgroups whose time to classify was
+	// measured, with their pod: a container declassified and classified
+	// again (a policy deleted and created) is not measured twice.
+	classified map[uint64]types.UID
+}
+
+// GVR of ContainerNetworkPolicies.
+var policyResource = v1alpha1.GroupVersion.WithResource("containernetworkpolicies")
+
+const queueKey = "node"
+
+// New builds an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	switch {
+	case cfg.NodeName == "":
+		return nil, errors.New("agent config: node name is required")
+	case cfg.Client == nil || cfg.Dynamic == nil:
+		return nil, errors.New("agent config: kubernetes clients are required")
+	case cfg.Identities == nil:
+		return nil, errors.New("agent config: identity source is required")
+	case cfg.Datapath == nil:
+		return nil, errors.New("agent config: datapath is required")
+	case cfg.Cgroups == nil:
+		return nil, errors.New("agent config: cgroup resolver is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = DefaultResync
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if err := cfg.Metrics.RegisterDatapath(cfg.Datapath); err != nil {
+		return nil, fmt.Errorf("register datapath metrics: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg,
+		log: cfg.Logger,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sidewall-agent"}),
+		ids:        NewIDs(),
+		ruleSets:   map[types.UID]cachedRuleSet{},
+		watched:    map[types.UID]bool{},
+		firstSeen:  map[uint64]time.Time{},
+		classified: map[uint64]types.UID{},
+	}
+	a.tables = a.newTables()
+	return a, nil
+}
+
+// Ready reports whether the agent has completed a reconcile.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// State returns the last applied state (nil before the first reconcile).
+func (a *Agent) State() *State { return a.state.Load() }
+
+// Trigger asks for a reconcile.
+func (a *Agent) Trigger() { a.queue.Add(queueKey) }
+
+// Run runs the agent until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer a.queue.ShutDown()
+
+	if err := a.adopt(); err != nil {
+		return err
+	}
+
+	w, err := cgroups.NewWatcher(a.cfg.Cgroups.Layout().Driver)
+	if err != nil {
+		return fmt.Errorf("watch cgroups: %w", err)
+	}
+	a.watcher = w
+	defer w.Close()
+
+	podFactory := informers.NewSharedInformerFactoryWithOptions(a.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + a.cfg.NodeName }))
+	podInf := podFactory.Core().V1().Pods()
+	a.pods = podInf.Lister()
+	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(a.cfg.Dynamic, 0)
+	polInf := dynFactory.ForResource(policyResource).Informer()
+	a.policies = polInf.GetStore()
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.Trigger() },
+		UpdateFunc: func(any, any) { a.Trigger() },
+		DeleteFunc: func(any) { a.Trigger() },
+	}
+	if _, err := podInf.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("watch pods: %w", err)
+	}
+	if _, err := polInf.AddEventHandler(handler); err != nil {
+		return fmt.Errorf("watch containernetworkpolicies: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	idErr := make(chan error, 1)
+	wg.Go(func() { idErr <- a.cfg.Identities.Run(ctx) })
+	podFactory.Start(ctx.Done())
+	dynFactory.Start(ctx.Done())
+	defer podFactory.Shutdown()
+	defer dynFactory.Shutdown()
+
+	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, polInf.HasSynced) {
+		return ctx.Err()
+	}
+	select {
+	case <-a.cfg.Identities.Synced():
+	case err := <-idErr:
+		return fmt.Errorf("identity source: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	a.log.Info("caches synced", "node", a.cfg.NodeName)
+
+	wg.Go(func() { a.watchSignals(ctx) })
+	if a.cfg.Observer != nil || a.cfg.Metrics != nil {
+		rd, err := a.cfg.Datapath.NewEventReader()
+		if err != nil {
+			return fmt.Errorf("open event reader: %w", err)
+		}
+		wg.Go(func() { a.readEvents(rd) })
+		go func() { <-ctx.Done(); rd.Close() }()
+	}
+	wg.Go(func() {
+		t := time.NewTicker(a.cfg.Resync)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.Trigger()
+			}
+		}
+	})
+
+	a.Trigger()
+	go func() { <-ctx.Done(); a.queue.ShutDown() }()
+	for a.processNext(ctx) {
+	}
+	return nil
+}
+
+func (a *Agent) processNext(ctx context.Context) bool {
+	key, quit := a.queue.Get()
+	if quit {
+		return false
+	}
+	defer a.queue.Done(key)
+	if err := a.reconcile(ctx); err != nil {
+		a.cfg.Metrics.reconcileErrors.Inc()
+		a.log.Error("reconcile failed", "err", err)
+		a.queue.AddRateLimited(key)
+		return true
+	}
+	a.queue.Forget(key)
+	return true
+}
+
+func (a *Agent) watchSignals(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.cfg.Identities.Changed():
+			a.Trigger()
+		case ev, ok := <-a.watcher.Events():
+			if !ok {
+				return
+			}
+			if ev.Op == cgroups.Created && ev.CgroupID != 0 {
+				a.mu.Lock()
+				a.firstSeen[ev.CgroupID] = time.Now()
+				a.mu.Unlock()
+			}
+			a.log.Debug("container cgroup event", "op", ev.Op, "pod", ev.PodUID, "path", ev.Path)
+			a.Trigger()
+		case err, ok := <-a.watcher.Errors():
+			if !ok {
+				return
+			}
+			a.log.Warn("cgroup watcher", "err", err)
+			a.Trigger()
+		}
+	}
+}
+
+// Handler serves /metrics, /healthz (the process is up) and /readyz (a
+// reconcile has completed: the datapath holds the API's state).
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", a.cfg.Metrics.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Ready() {
+			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}

@@ -1,0 +1,309 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
+	"github.com/cilium/cilium/pkg/policy/api"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/sidewall/sidewall/agent/cgroups"
+	"github.com/sidewall/sidewall/agent/hubble"
+	"github.com/sidewall/sidewall/agent/identity"
+	"github.com/sidewall/sidewall/bpfext"
+)
+
+// Identity sources a node agent can use for its peers.
+const (
+	// IdentitiesAuto uses Cilium's when its CRDs are served, else local ones.
+	IdentitiesAuto = "auto"
+	// IdentitiesCilium reads CiliumEndpoints and CiliumIdentities.
+	IdentitiesCilium = "cilium"
+	// IdentitiesLocal allocates identities from pod and namespace labels.
+	IdentitiesLocal = "local"
+)
+
+// Disabled, given as a listen address, turns that listener off.
+const Disabled = "-"
+
+// Options assemble a node agent: everything cmd/sidewall-agent takes as
+// flags. The tests, the benchmarks and the demo start the agent through
+// Start too, so what they run is what a node runs.
+type Options struct {
+	// NodeName is this node: only its pods are enforced. Required.
+	NodeName string
+	// Config reaches the API server. Required.
+	Config *rest.Config
+
+	// PinDir is the bpffs directory of the pinned maps and links
+	// (bpfext.DefaultPinDir when empty); BPFFSRoot is where bpffs is
+	// mounted if PinDir is not on one.
+	PinDir, BPFFSRoot string
+	// MaxEntries overrides map sizes when the maps are created (tests).
+	MaxEntries map[string]uint32
+
+	// Cgroups says where kubelet puts the pod cgroups.
+	Cgroups cgroups.Config
+
+	// HubbleSocket and HubbleAddress are the unix socket and the TCP
+	// address of the Hubble observer API; Disabled turns one off, and
+	// the server is not started when both are. Empty means the default
+	// (hubble.DefaultUnixSocket, hubble.DefaultTCPAddress).
+	HubbleSocket, HubbleAddress string
+	// MetricsAddress serves /metrics, /healthz and /readyz; empty or
+	// Disabled serves nothing (Agent.Handler still works).
+	MetricsAddress string
+
+	// IdentitySource is IdentitiesAuto (the default), IdentitiesCilium or
+	// IdentitiesLocal.
+	IdentitySource string
+	// ClusterName names Cilium's cluster entity and local identities
+	// (identity.DefaultClusterName when empty).
+	ClusterName string
+	// Resync is the period of full reconciles; DefaultResync when 0.
+	Resync time.Duration
+	// Version is reported by the Hubble server.
+	Version string
+	// Logger receives the agent's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Node is a running node agent, as Start assembled it.
+type Node struct {
+	Agent    *Agent
+	Datapath *bpfext.Datapath
+	// Hubble is nil when both its listeners are disabled.
+	Hubble  *hubble.Server
+	Metrics *Metrics
+	// MetricsAddr is where /metrics listens (nil when disabled).
+	MetricsAddr net.Addr
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+	once   sync.Once
+}
+
+// Start validates o, loads (or adopts) the pinned datapath, and runs the
+// agent, its Hubble server and its metrics endpoint until ctx is done or
+// Stop is called. It returns once everything listens; Ready says when the
+// first reconcile is done. Close of the datapath keeps the pins:
+// enforcement goes on while the agent is away.
+func Start(ctx context.Context, o Options) (*Node, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	log := o.Logger
+	api.InitEntities(o.ClusterName)
+	client, err := kubernetes.NewForConfig(o.Config)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(o.Config)
+	if err != nil {
+		return nil, fmt.Errorf("dynamic client: %w", err)
+	}
+	src, err := o.identitySource(client)
+	if err != nil {
+		return nil, err
+	}
+	resolver, err := cgroups.NewResolver(o.Cgroups)
+	if err != nil {
+		return nil, fmt.Errorf("find kubepods cgroup: %w", err)
+	}
+	dp, err := bpfext.Load(bpfext.Options{PinDir: o.PinDir, BPFFSRoot: o.BPFFSRoot, MaxEntries: o.MaxEntries})
+	if err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			dp.Close()
+		}
+	}()
+
+	var obs *hubble.Server
+	if o.HubbleSocket != Disabled || o.HubbleAddress != Disabled {
+		obs, err = hubble.New(hubble.Options{UnixSocket: o.HubbleSocket, TCPAddress: o.HubbleAddress,
+			NodeName: o.NodeName, Version: o.Version, Logger: log.With("component", "hubble")})
+		if err != nil {
+			return nil, err
+		}
+		if err := obs.Listen(); err != nil {
+			return nil, err
+		}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		if !ok {
+			cancel()
+		}
+	}()
+	rec, err := NewEventRecorder(ctx, client, o.NodeName)
+	if err != nil {
+		return nil, err
+	}
+	m := NewMetrics(nil)
+	a, err := New(Config{
+		NodeName: o.NodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
+		Cgroups: resolver, Observer: obs, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Agent: a, Datapath: dp, Hubble: obs, Metrics: m, cancel: cancel, done: make(chan struct{})}
+
+	var srv *http.Server
+	var ln net.Listener
+	if o.MetricsAddress != "" && o.MetricsAddress != Disabled {
+		if ln, err = net.Listen("tcp", o.MetricsAddress); err != nil {
+			return nil, fmt.Errorf("listen for metrics: %w", err)
+		}
+		n.MetricsAddr = ln.Addr()
+		srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+	ok = true
+
+	errc := make(chan error, 2)
+	var servers sync.WaitGroup
+	if obs != nil {
+		servers.Go(func() {
+			if err := obs.Serve(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("serve hubble: %w", err)
+			}
+		})
+		log.Info("serving hubble observer", "addrs", fmt.Sprint(obs.Addrs()))
+	}
+	if srv != nil {
+		servers.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve metrics: %w", err)
+			}
+		})
+		go func() { <-ctx.Done(); srv.Close() }()
+	}
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- a.Run(ctx) }()
+	go func() {
+		var err error
+		select {
+		case err = <-errc:
+			cancel()
+			// The agent stops before the datapath handles it uses are closed.
+			err = errors.Join(err, <-agentDone)
+		case err = <-agentDone:
+			cancel()
+		}
+		servers.Wait()
+		dp.Close()
+		if errors.Is(err, context.Canceled) {
+			err = nil
+		}
+		n.err = err
+		close(n.done)
+	}()
+	return n, nil
+}
+
+// Done is closed when the agent has stopped and released the datapath.
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Wait waits for the agent to stop and returns why it stopped (nil when
+// its context ended).
+func (n *Node) Wait() error {
+	<-n.done
+	return n.err
+}
+
+// Stop stops the agent and waits for it. The pins stay.
+func (n *Node) Stop() error {
+	n.once.Do(n.cancel)
+	return n.Wait()
+}
+
+// WaitReady waits until the first reconcile is done, the agent stops, or
+// ctx ends.
+func (n *Node) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !n.Agent.Ready() {
+		select {
+		case <-n.done:
+			return fmt.Errorf("agent stopped before its first reconcile: %w", n.err)
+		case <-ctx.Done():
+			return fmt.Errorf("agent not ready: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func (o *Options) defaults() error {
+	switch {
+	case o.NodeName == "":
+		return errors.New("agent options: node name is required")
+	case o.Config == nil:
+		return errors.New("agent options: API server config is required")
+	}
+	switch o.IdentitySource {
+	case "":
+		o.IdentitySource = IdentitiesAuto
+	case IdentitiesAuto, IdentitiesCilium, IdentitiesLocal:
+	default:
+		return fmt.Errorf("agent options: identity source %q: must be %s, %s or %s", o.IdentitySource, IdentitiesAuto, IdentitiesCilium, IdentitiesLocal)
+	}
+	if d := o.Cgroups.Driver; d != "" && d != cgroups.Systemd && d != cgroups.Cgroupfs {
+		return fmt.Errorf("agent options: cgroup driver %q: must be %s or %s", d, cgroups.Systemd, cgroups.Cgroupfs)
+	}
+	if o.PinDir == "" {
+		o.PinDir = bpfext.DefaultPinDir
+	}
+	if o.BPFFSRoot == "" {
+		o.BPFFSRoot = bpfext.DefaultBPFFSRoot
+	}
+	if o.HubbleSocket == "" {
+		o.HubbleSocket = hubble.DefaultUnixSocket
+	}
+	if o.HubbleAddress == "" {
+		o.HubbleAddress = hubble.DefaultTCPAddress
+	}
+	if o.ClusterName == "" {
+		o.ClusterName = identity.DefaultClusterName
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+func (o *Options) identitySource(client kubernetes.Interface) (identity.Source, error) {
+	useCilium := o.IdentitySource == IdentitiesCilium
+	if o.IdentitySource == IdentitiesAuto {
+		ok, err := identity.CiliumInstalled(client.Discovery())
+		if err != nil {
+			return nil, fmt.Errorf("detect cilium: %w", err)
+		}
+		useCilium = ok
+	}
+	log := o.Logger.With("component", "identity")
+	if useCilium {
+		cc, err := versioned.NewForConfig(o.Config)
+		if err != nil {
+			return nil, fmt.Errorf("cilium client: %w", err)
+		}
+		o.Logger.Info("identity source: cilium")
+		return identity.NewCiliumSource(cc, log), nil
+	}
+	o.Logger.Info("identity source: local")
+	return identity.NewPodSource(client, nil, o.ClusterName, log), nil
+}

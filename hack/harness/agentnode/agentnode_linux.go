@@ -1,0 +1,245 @@
+// Package agentnode runs sidewall's node agent for a test the way a node
+// runs it: a real control plane (testenv), a local node with real cgroups,
+// network namespaces and processes (localnode), a namespace of the test's
+// own, and the agent assembled by agent.Start on a unique pin directory.
+// Everything is removed when the test ends, whether it passed or not.
+package agentnode
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sidewall/sidewall/agent"
+	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
+	"github.com/sidewall/sidewall/hack/harness/testenv"
+)
+
+// Options shape the node.
+type Options struct {
+	// Prefix names the test's namespace and pin directory.
+	Prefix string
+	// Cilium installs Cilium's CRDs and makes the agent read Cilium's
+	// identities (CiliumEndpoints, CiliumIdentities); otherwise it
+	// allocates local ones from pod labels.
+	Cilium bool
+	// MaxEntries overrides datapath map sizes when the maps are created.
+	MaxEntries map[string]uint32
+	// LogLevel of the agent's log, which goes to the test log.
+	LogLevel slog.Level
+}
+
+// Node is one test's control plane, local node and running agent.
+type Node struct {
+	t      testing.TB
+	opts   Options
+	Env    *testenv.Env
+	Client kubernetes.Interface
+	Local  *localnode.Node
+	// Namespace is the test's own namespace; policies and pods go there.
+	Namespace string
+	PinDir    string
+	// Agent is the running agent (after StartAgent).
+	Agent *agent.Node
+	stop  func()
+}
+
+// New starts the control plane, the local node and the agent, and waits
+// for the agent's first reconcile.
+func New(t testing.TB, o Options) *Node {
+	t.Helper()
+	harness.RequirePrivileged(t)
+	if o.Prefix == "" {
+		o.Prefix = "agent"
+	}
+	n := &Node{t: t, opts: o, Namespace: o.Prefix + "-" + RandHex(3)}
+	n.Env = testenv.New(t, testenv.Options{SkipCiliumCRDs: !o.Cilium})
+	var err error
+	if n.Client, err = kubernetes.NewForConfig(n.Env.Config); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := n.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n.Namespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace: %v", err)
+	}
+	if n.Local, err = localnode.New(ctx, localnode.Options{Client: n.Client}); err != nil {
+		t.Fatalf("localnode.New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Local.Close(); err != nil {
+			t.Errorf("close local node: %v", err)
+		}
+	})
+	n.PinDir = filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-"+o.Prefix+"-test-"+RandHex(4))
+	t.Cleanup(func() {
+		dp, err := bpfext.Load(bpfext.Options{PinDir: n.PinDir, MaxEntries: o.MaxEntries})
+		if err == nil {
+			err = errors.Join(dp.Unpin(), dp.Close())
+		}
+		if err != nil {
+			t.Errorf("unpin %s: %v", n.PinDir, err)
+		}
+	})
+	n.StartAgent()
+	return n
+}
+
+// StartAgent starts (again, after StopAgent) the agent on the node's pin
+// directory, with a Hubble API on a free local port, and waits until it is
+// ready.
+func (n *Node) StartAgent() {
+	t := n.t
+	t.Helper()
+	ids := agent.IdentitiesLocal
+	if n.opts.Cilium {
+		ids = agent.IdentitiesCilium
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: n.opts.LogLevel}))
+	a, err := agent.Start(context.Background(), agent.Options{
+		NodeName: n.Local.Name(), Config: n.Env.Config, PinDir: n.PinDir, MaxEntries: n.opts.MaxEntries,
+		Cgroups: n.Local.CgroupConfig(), HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0",
+		IdentitySource: ids, Logger: log,
+	})
+	if err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	n.Agent = a
+	var once sync.Once
+	n.stop = func() {
+		once.Do(func() {
+			if err := a.Stop(); err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		})
+	}
+	t.Cleanup(n.stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// StopAgent stops the agent; its pins stay, as when a node agent restarts.
+func (n *Node) StopAgent() { n.stop() }
+
+// HubbleAddr is the agent's Hubble API address, as `hubble --server` takes it.
+func (n *Node) HubbleAddr() string { return n.Agent.Hubble.Addrs()[0].String() }
+
+// ApplyPolicy creates or updates a ContainerNetworkPolicy from YAML in the
+// test's namespace.
+func (n *Node) ApplyPolicy(doc string) {
+	n.t.Helper()
+	var p v1alpha1.ContainerNetworkPolicy
+	if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
+		n.t.Fatalf("parse policy: %v", err)
+	}
+	p.Namespace = n.Namespace
+	ctx := context.Background()
+	var cur v1alpha1.ContainerNetworkPolicy
+	if err := n.Env.Client.Get(ctx, client.ObjectKeyFromObject(&p), &cur); err == nil {
+		cur.Spec = p.Spec
+		if err := n.Env.Client.Update(ctx, &cur); err != nil {
+			n.t.Fatalf("update policy: %v", err)
+		}
+		return
+	}
+	if err := n.Env.Client.Create(ctx, &p); err != nil {
+		n.t.Fatalf("create policy: %v", err)
+	}
+}
+
+// DeletePolicy deletes a ContainerNetworkPolicy of the test's namespace.
+func (n *Node) DeletePolicy(name string) {
+	n.t.Helper()
+	p := &v1alpha1.ContainerNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: n.Namespace, Name: name}}
+	if err := n.Env.Client.Delete(context.Background(), p); err != nil {
+		n.t.Fatalf("delete policy: %v", err)
+	}
+}
+
+// RunPod runs a pod with an "app" container and, with sidecar, a
+// "log-shipper" sidecar (an init container with restartPolicy Always).
+func (n *Node) RunPod(name string, labels map[string]string, sidecar bool) *localnode.Pod {
+	n.t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: n.Namespace, Name: name, Labels: labels},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}},
+	}
+	if sidecar {
+		always := corev1.ContainerRestartPolicyAlways
+		pod.Spec.InitContainers = []corev1.Container{{Name: "log-shipper", RestartPolicy: &always}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := n.Local.RunPod(ctx, pod)
+	if err != nil {
+		n.t.Fatalf("run pod %s: %v", name, err)
+	}
+	return p
+}
+
+// Listen starts a listener in a container of p.
+func (n *Node) Listen(p *localnode.Pod, container, proto string, port int) {
+	n.t.Helper()
+	if _, err := n.Local.Listen(context.Background(), p, container, proto, port); err != nil {
+		n.t.Fatalf("listen %s %d in %s/%s: %v", proto, port, p.Name, container, err)
+	}
+}
+
+// Dial connects from a container of p to peer:port over TCP.
+func (n *Node) Dial(p *localnode.Pod, container string, peer *localnode.Pod, port string) error {
+	_, err := n.Local.Dial(context.Background(), p, container, "tcp", net.JoinHostPort(peer.IP.String(), port), 2*time.Second)
+	return err
+}
+
+// Expect waits (the agent reconciles asynchronously) until a TCP
+// connection from a container of p to peer:port gets the wanted outcome:
+// allowed, or denied at once with EPERM.
+func (n *Node) Expect(p *localnode.Pod, container string, peer *localnode.Pod, port string, allowed bool) {
+	n.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := n.Dial(p, container, peer, port)
+		if allowed && err == nil || !allowed && errors.Is(err, syscall.EPERM) {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s/%s -> %s:%s: got %v, want allowed=%t", p.Name, container, peer.Name, port, err, allowed)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// RandHex returns n random bytes in hex, for unique names.
+func RandHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
