@@ -113,10 +113,21 @@ lint: ## go vet and a gofmt check.
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+.PHONY: check-imports
+check-imports: ## Fail if bpfext imports the control plane or the agent, or translator imports bpfext or agent (go list).
+	@hack/check-imports.sh
+
+# make test asks for every test: the privileged ones (root: BPF, cgroups,
+# network namespaces) and the integration ones (tools from bin/). There a
+# test that cannot run fails; it never skips (hack/harness/privileged.go).
 .PHONY: test
-test: tools test-deps verify-generated lint ## Run the whole test suite (real kernel, real kube-apiserver+etcd), then each fuzz target briefly. Needs root.
-	$(GO) test $(GO_TEST_FLAGS) ./...
+test: tools test-deps verify-generated lint check-imports ## Run the whole test suite (real kernel, real kube-apiserver+etcd), then each fuzz target briefly. Needs root.
+	PRIVILEGED_TESTS=1 INTEGRATION_TESTS=1 $(GO) test $(GO_TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory fuzz
+
+.PHONY: test-unit
+test-unit: check-imports ## A contributor's fast loop: every test that needs neither root nor built tools (the others skip, saying why).
+	env -u PRIVILEGED_TESTS -u INTEGRATION_TESTS $(GO) test -count=1 ./...
 
 # Each fuzz target as package:Name. Crashers found land in the package's
 # testdata/fuzz/<Name>/ and are replayed by every later `go test`.

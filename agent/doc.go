@@ -1,12 +1,15 @@
 // Package agent is sidewall's node agent: it joins the control plane
 // (Pods of this node, ContainerNetworkPolicies, peer identities) to the
-// datapath (bpfext).
+// datapath (bpfext). Start assembles it: the datapath, the cgroup
+// resolver, the identity source, the Hubble server and the agent loop, for
+// cmd/sidewall-agent, the tests, the benchmarks and the demo alike.
 //
 // Compile is a pure function from the node's pods (with their resolved
 // container cgroups), every policy's translator.RuleSet and an identity
 // snapshot to the complete desired datapath state. Agent runs the loop: it
 // watches the API with client-go informers and the pod cgroups with inotify,
-// compiles, diffs the result against what is in the pinned maps and applies
+// compiles, diffs the result against what is in the pinned maps (one
+// mapSync per table, as Cilium's pkg/bpf/ops reconciles a map) and applies
 // the difference in batches, in an order that never opens a gap:
 // identities, pods and rules first, then the container classifications,
 // then the attachments, and only then the deletion of what is stale. On
@@ -29,11 +32,9 @@
 // denies it (fail closed). The agent watches the pod cgroup with inotify and
 // reconciles on every pod status update, and reports the time from the
 // cgroup's creation (or the container's start) to its classification as
-// sidewall_time_to_classify_seconds. On the local node harness, whose
-// "kubelet" writes the status right after creating the cgroups, it measured
-// 14 to 19 ms (and about 160 to 270 ms with a deliberate pause before the
-// status); on a real node, kubelet's status update (PLEG relist, up to about
-// a second) dominates.
+// sidewall_time_to_classify_seconds. On a real node, kubelet's status
+// update (PLEG relist, up to about a second) dominates; docs/benchmarks.md
+// has the figures measured here.
 //
 // CIDR peers get identities allocated on the node (Cilium's local identity
 // scope, 1<<24 and up), one per distinct prefix of every CIDR and except of

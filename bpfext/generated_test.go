@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sidewall/sidewall/hack/harness"
 )
 
 // The committed bpf2go output must be what the C sources compile to today.
@@ -16,10 +18,11 @@ import (
 // must give the same bytes. `make verify-generated` does the same check
 // through git diff.
 func TestGeneratedObjectsFresh(t *testing.T) {
+	harness.RequireIntegration(t)
 	const clang, strip = "clang-19", "llvm-strip-19"
 	for _, tool := range []string{clang, strip} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make clang installs it): cannot check the committed BPF objects", tool)
+			t.Fatalf("%s not installed (make clang installs it): cannot check the committed BPF objects", tool)
 		}
 	}
 	dir, err := filepath.Abs("objs")

@@ -3,16 +3,15 @@ package bpfext
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/sidewall/sidewall/hack/harness"
 )
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("these tests load BPF programs and need root")
-	}
+	harness.RequirePrivileged(t)
 }
 
 func uniqueName(prefix string) string {

@@ -8,6 +8,8 @@
 # Extra arguments go to the program, e.g. -pods 200 -policies 20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The benchmarks need root and built tools, as `make test` does.
+export PRIVILEGED_TESTS=1 INTEGRATION_TESTS=1
 
 export KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$PWD/bin/k8s}"
 echo "rewriting every rule of 3,000 datapath policies (an agent restart): one ReplaceRules call vs one ReplacePolicyRules call per policy"

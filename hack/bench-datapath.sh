@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Datapath benchmarks of bpfext (issue 3), printed side by side:
+# Datapath benchmarks of bpfext, printed side by side:
 #  (a) per-packet cost of the egress verdict from BPF_PROG_TEST_RUN at 10,
 #      1,000 and 100,000 rules, next to an empty cgroup_skb program;
 #  (b) pps of an iperf3 UDP 64-byte stream from a cgroup in a "pod" netns
@@ -12,6 +12,8 @@
 # figure (default 5), each step under a timeout: about 6 minutes in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The benchmarks need root and built tools, as `make test` does.
+export PRIVILEGED_TESTS=1 INTEGRATION_TESTS=1
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-3}
 export SECS=$SECONDS_PER_RUN

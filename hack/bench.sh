@@ -5,6 +5,8 @@
 # BENCH_ONLY=translator,controller,datapath,observer,agent,churn,node picks sections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The benchmarks need root and built tools, as `make test` does.
+export PRIVILEGED_TESTS=1 INTEGRATION_TESTS=1
 
 only=",${BENCH_ONLY:-translator,controller,datapath,observer,agent,churn,node},"
 want() { [[ "$only" == *",$1,"* ]]; }

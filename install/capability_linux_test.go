@@ -15,6 +15,7 @@ import (
 
 	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/hack/harness"
 )
 
 // The capability helper: when the test binary runs with these set, it only
@@ -51,9 +52,7 @@ func TestMainCapabilityHelper(t *testing.T) {
 // makes it fail, so none is superfluous. Not reproduced here: the runtime's
 // seccomp and AppArmor profiles (no container runtime runs here).
 func TestAgentCapabilities(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root: it loads BPF programs and creates a cgroup")
-	}
+	harness.RequirePrivileged(t)
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Fatalf("setpriv (util-linux) not found: %v", err)

@@ -31,6 +31,7 @@ import (
 
 	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
 	"github.com/sidewall/sidewall/translator/controller"
 )
@@ -42,6 +43,10 @@ var env *testenv.Env
 func TestMain(m *testing.M) {
 	if os.Getenv(envCapPin) != "" {
 		// The capability helper process needs no API server.
+		os.Exit(m.Run())
+	}
+	if !harness.Integration() {
+		// Each test skips itself (requireEnv), saying why.
 		os.Exit(m.Run())
 	}
 	var err error
@@ -99,6 +104,7 @@ func ensureNamespace(t *testing.T, name string, labels map[string]string) {
 // TestInstallDryRun: the real API server accepts every object the chart
 // renders, with the defaults and with every optional part switched.
 func TestInstallDryRun(t *testing.T) {
+	requireEnv(t)
 	ctx := context.Background()
 	ensureNamespace(t, DefaultNamespace, nil)
 	for _, tc := range []struct {
@@ -162,6 +168,7 @@ func podFrom(t *testing.T, r *Rendered, kind, name, ns string) *corev1.Pod {
 // namespace that allows "privileged" (its host mounts and capabilities),
 // as docs/install.md says.
 func TestPodSecurity(t *testing.T) {
+	requireEnv(t)
 	ctx := context.Background()
 	r := render(t, nil)
 	for _, tc := range []struct {
@@ -215,6 +222,7 @@ func applyRBAC(t *testing.T, r *Rendered) {
 // agent's own informer calls, as the agent's ServiceAccount with the
 // chart's RBAC on a real API server.
 func TestAgentRBACLive(t *testing.T) {
+	requireEnv(t)
 	ensureNamespace(t, DefaultNamespace, nil)
 	applyRBAC(t, render(t, map[string]any{"agent": map[string]any{"identitySource": "auto"}}))
 	cfg := impersonate(DefaultNamespace, "sidewall-agent")
@@ -315,6 +323,7 @@ func shopObjects(t *testing.T) []*unstructured.Unstructured {
 // namespace), with only the chart's RBAC, and checks that it translates
 // the shop scenario of demo/shop into its CiliumNetworkPolicy.
 func TestControllerRBACLive(t *testing.T) {
+	requireEnv(t)
 	ensureNamespace(t, DefaultNamespace, nil)
 	applyRBAC(t, render(t, nil))
 	cfg := impersonate(DefaultNamespace, "sidewall-controller")
@@ -459,4 +468,11 @@ func httpRules(cnp *ciliumv2.CiliumNetworkPolicy) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// requireEnv skips a test that needs the shared API server unless
+// integration tests are asked for (then TestMain started it).
+func requireEnv(t *testing.T) {
+	t.Helper()
+	harness.RequireIntegration(t)
 }

@@ -2,7 +2,6 @@ package translator
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 
@@ -18,9 +17,6 @@ import (
 // and so must the CiliumNetworkPolicy ToCNP generates from it, by Cilium's
 // real CNP CRD schema.
 func TestAdmission(t *testing.T) {
-	if _, err := testenv.AssetsDir(); errors.Is(err, testenv.ErrBinariesMissing) {
-		t.Skipf("skipping: %v", err)
-	}
 	env := testenv.New(t, testenv.Options{})
 	ns := env.Namespace(t, "admission")
 	ctx := context.Background()

@@ -2,7 +2,6 @@ package translator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -25,9 +24,6 @@ import (
 // same reasons, and admit the others (including a risky container the
 // policy does not restrict and a risky pod the selector does not select).
 func TestAdmissionPolicyMatchesAnalysis(t *testing.T) {
-	if _, err := testenv.AssetsDir(); errors.Is(err, testenv.ErrBinariesMissing) {
-		t.Skipf("skipping: %v", err)
-	}
 	env := testenv.New(t, testenv.Options{})
 	ns := env.Namespace(t, "risk")
 	ctx := context.Background()

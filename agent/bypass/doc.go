@@ -1,6 +1,7 @@
 // Package bypass is sidewall's bypass test suite: a sidecar restricted by a
 // ContainerNetworkPolicy, enforced by the real node agent on the real
-// kernel (hack/harness/localnode pods, envtest control plane), tries each known way
+// kernel (hack/harness/agentnode: a local node of real pods, a real
+// control plane, the agent started by agent.Start), tries each known way
 // around the container-level policy. Each attack is a named subtest of
 // TestBypass. A denial is asserted by the errno the attacker got together
 // with the datapath counter (cgroup_skb) or the agent's per-container deny

@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sidewall/sidewall/hack/harness"
 )
 
 // testRoot makes a unique directory in the real cgroup2 hierarchy standing in
@@ -26,9 +28,7 @@ import (
 // whatever its outcome.
 func testRoot(t *testing.T) (mount, rel string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test creates real cgroups and needs root")
-	}
+	harness.RequirePrivileged(t)
 	mount, err := FindMount()
 	if err != nil {
 		t.Fatalf("find cgroup2 mount: %v", err)

@@ -32,6 +32,7 @@ import (
 // module go.mod pins; SIDEWALL_HUBBLE overrides the path.
 func hubbleBin(t testing.TB) string {
 	t.Helper()
+	harness.RequireIntegration(t)
 	p, err := harness.Tool("hubble")
 	if err != nil {
 		t.Fatalf("the real hubble CLI is needed: %v", err)

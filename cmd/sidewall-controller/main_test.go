@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
@@ -40,6 +41,7 @@ func freePort(t *testing.T) int {
 }
 
 func TestController(t *testing.T) {
+	harness.RequireIntegration(t)
 	bin := buildController(t)
 
 	t.Run("exits when the Cilium CRDs are missing", func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 )
 
@@ -40,9 +41,7 @@ type demoRun struct {
 
 func startDemo(t *testing.T, args ...string) *demoRun {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("the demo loads BPF and creates cgroups and network namespaces: run this test as root")
-	}
+	harness.RequirePrivileged(t)
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), demoEnv+"=1")
 	pr, pw := io.Pipe()

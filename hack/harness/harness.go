@@ -1,9 +1,3 @@
-// Package harness holds what the tests, the benchmarks and the demo share to
-// run sidewall on this machine: the repository's tools (this package), a real
-// kube-apiserver and etcd (testenv), a kubelet-like local node with real
-// cgroups and network namespaces (localnode), veth/netns test pods
-// (nettest), process measurements (proc), and the privileged-test gate
-// (RequirePrivileged).
 package harness
 
 import (

@@ -42,6 +42,6 @@ func RequirePrivileged(tb testing.TB) {
 func RequireIntegration(tb testing.TB) {
 	tb.Helper()
 	if !Integration() {
-		tb.Skipf("integration test (needs tools built by `make tools`: kube-apiserver, etcd, hubble): set %s=1, as `make test` does", IntegrationEnv)
+		tb.Skipf("integration test (needs tools that `make test` installs: kube-apiserver, etcd, hubble, clang): set %s=1, as `make test` does", IntegrationEnv)
 	}
 }

@@ -47,6 +47,7 @@ func waitCNPPort(t *testing.T, ns, policy, port string) *ciliumv2.CiliumNetworkP
 }
 
 func TestPolicyLifecycle(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 
@@ -137,6 +138,7 @@ func TestPolicyLifecycle(t *testing.T) {
 }
 
 func TestHandEditAndDeletionRepaired(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 	create(t, webPolicy(ns, "shipper", "5044"))
@@ -215,6 +217,7 @@ func TestHandEditAndDeletionRepaired(t *testing.T) {
 }
 
 func TestInvalidPolicyFailsClosed(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 
@@ -266,6 +269,7 @@ func TestInvalidPolicyFailsClosed(t *testing.T) {
 }
 
 func TestCountsFollowPods(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 
@@ -336,6 +340,7 @@ func TestCountsFollowPods(t *testing.T) {
 }
 
 func TestUnknownContainerReported(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 
@@ -364,6 +369,7 @@ func TestUnknownContainerReported(t *testing.T) {
 }
 
 func TestL7PreciseFollowsOtherPolicies(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 

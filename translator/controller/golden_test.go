@@ -44,6 +44,7 @@ type goldenCase struct {
 // pruning or defaulting that changes a policy on its way in, and a CNP the
 // real CNP CRD would not store.
 func TestGoldenCasesOnAPIServer(t *testing.T) {
+	requireEnv(t)
 	dirs, err := filepath.Glob("../testdata/cases/*")
 	if err != nil || len(dirs) == 0 {
 		t.Fatalf("no golden cases under translator/testdata/cases (%v)", err)

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
 	"github.com/sidewall/sidewall/translator"
 )
@@ -32,6 +33,10 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
+	if !harness.Integration() {
+		// Each test skips itself (requireEnv), saying why.
+		os.Exit(m.Run())
+	}
 	var err error
 	env, err = testenv.Start(testenv.Options{})
 	if err != nil {
@@ -208,4 +213,11 @@ func notFound(err error) error {
 		return fmt.Errorf("still exists")
 	}
 	return err
+}
+
+// requireEnv skips a test that needs the shared API server unless
+// integration tests are asked for (then TestMain started it).
+func requireEnv(t *testing.T) {
+	t.Helper()
+	harness.RequireIntegration(t)
 }

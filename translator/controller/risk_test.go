@@ -21,6 +21,7 @@ import (
 // TestBypassRiskFollowsPods checks the BypassRisk condition and the
 // Warning Event as a risky pod comes and goes.
 func TestBypassRiskFollowsPods(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 
@@ -86,6 +87,7 @@ func waitAdmissionGone(t *testing.T, ns, name string) {
 // admission off and deleting the policy remove the admission objects
 // (envtest runs no garbage collector: the controller deletes them).
 func TestAdmissionEnforce(t *testing.T) {
+	requireEnv(t)
 	ns := env.Namespace(t, t.Name())
 	startController(t, ns)
 

@@ -15,7 +15,7 @@
 // The pods run WithoutNetwork (no namespace or veth: a bridge takes at most
 // 1,024 ports) and without processes: only the API objects and the cgroups
 // matter to the agent. Figures are printed with their ratio to the targets
-// of issue 4, never asserted.
+// of docs/benchmarks.md, never asserted.
 //
 //	go run ./hack/bench/agent -agent bin/sidewall-agent
 //	go run ./hack/bench/agent -latency-pods 50 -pods 200 -policies 20

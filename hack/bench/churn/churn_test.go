@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/hack/harness"
 )
 
 // TestChurn runs a small churn (20 cycles under 10 policies, 3 resident
@@ -16,9 +16,7 @@ import (
 // baseline really counted the resident pods, so an empty read of the maps
 // cannot pass as "back to baseline".
 func TestChurn(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test loads BPF and creates cgroups and needs root")
-	}
+	harness.RequirePrivileged(t)
 	const resident = 3
 	var out bytes.Buffer
 	r, err := Run(Config{

@@ -1,5 +1,5 @@
 // Command churn runs the sidewall node agent through pod churn and checks
-// that it leaks nothing (issue 6, "Churn and soak"): on a local node harness
+// that it leaks nothing: on a local node harness
 // (real cgroups, a real kube-apiserver and etcd from envtest, the agent as
 // its own process built from ./cmd/sidewall-agent), with 100
 // ContainerNetworkPolicies selecting the churned pods' log-shipper sidecar,

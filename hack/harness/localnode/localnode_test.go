@@ -20,15 +20,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sidewall/sidewall/agent/cgroups"
+	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 func newNode(t testing.TB) (*localnode.Node, kubernetes.Interface) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test creates cgroups and network namespaces and needs root")
-	}
+	harness.RequirePrivileged(t)
 	env := testenv.New(t, testenv.Options{SkipCiliumCRDs: true})
 	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {

@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sidewall/sidewall/hack/harness"
 )
 
 const panicChildEnv = "SIDEWALL_LOCALNODE_TEST_PANIC_CHILD"
@@ -24,6 +26,7 @@ const panicChildEnv = "SIDEWALL_LOCALNODE_TEST_PANIC_CHILD"
 // server process and then panics mid-test; t.Cleanup must still remove
 // everything the child made.
 func TestTeardownOnPanic(t *testing.T) {
+	harness.RequirePrivileged(t)
 	if os.Getenv(panicChildEnv) == "1" {
 		n, _ := newNode(t)
 		ctx := context.Background()
