@@ -19,16 +19,12 @@ import (
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
-	"github.com/sidewall/sidewall/agent"
 	"github.com/sidewall/sidewall/agent/cgroups"
-	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/bpfext"
 	swharness "github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/agentnode"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
-	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 // harness is the shared agent node (agentnode: envtest, a local node and
@@ -36,14 +32,7 @@ import (
 // tests.
 type harness struct {
 	*agentnode.Node
-	t     *testing.T
-	env   *testenv.Env
-	cs    kubernetes.Interface
-	node  *localnode.Node
-	ns    string
-	dp    *bpfext.Datapath
-	agent *agent.Agent
-	obs   *hubble.Server
+	t *testing.T
 }
 
 func newHarness(t *testing.T) *harness { return newHarnessWith(t, false) }
@@ -57,20 +46,11 @@ func newHarnessWith(t *testing.T, cilium bool) *harness {
 // newHarnessMaps is newHarnessWith with map sizes overridden.
 func newHarnessMaps(t *testing.T, cilium bool, maxEntries map[string]uint32) *harness {
 	n := agentnode.New(t, agentnode.Options{Prefix: "agent", Cilium: cilium, MaxEntries: maxEntries, LogLevel: slog.LevelInfo})
-	h := &harness{Node: n, t: t, env: n.Env, cs: n.Client, node: n.Local, ns: n.Namespace}
-	h.running()
-	return h
+	return &harness{Node: n, t: t}
 }
 
 // startAgent starts the agent again on the same pins (a restart).
-func (h *harness) startAgent() {
-	h.StartAgent()
-	h.running()
-}
-
-func (h *harness) running() {
-	h.dp, h.agent, h.obs = h.Agent.Datapath, h.Agent.Agent, h.Agent.Hubble
-}
+func (h *harness) startAgent() { h.StartAgent() }
 
 func (h *harness) stop() { h.StopAgent() }
 
@@ -110,7 +90,7 @@ spec:
 
 func TestAgentEnforcesSidecarPolicy(t *testing.T) {
 	h := newHarness(t)
-	baseline, err := h.dp.MapEntries()
+	baseline, err := h.Agent.Datapath.MapEntries()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +100,7 @@ func TestAgentEnforcesSidecarPolicy(t *testing.T) {
 	a := h.runPod("peer-a", map[string]string{"app": "a"}, false)
 	b := h.runPod("peer-b", map[string]string{"app": "b"}, false)
 	for _, p := range []*localnode.Pod{a, b} {
-		if _, err := h.node.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
+		if _, err := h.Local.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
 			t.Fatalf("listen in %s: %v", p.Name, err)
 		}
 	}
@@ -138,7 +118,7 @@ func TestAgentEnforcesSidecarPolicy(t *testing.T) {
 
 	// A restarted container (new id, new cgroup) is still enforced.
 	old, _ := web.Container("log-shipper")
-	restarted, err := h.node.RestartContainer(context.Background(), web, "log-shipper")
+	restarted, err := h.Local.RestartContainer(context.Background(), web, "log-shipper")
 	if err != nil {
 		t.Fatalf("restart: %v", err)
 	}
@@ -159,7 +139,7 @@ func TestAgentEnforcesSidecarPolicy(t *testing.T) {
 
 	// The real hubble CLI shows the sidecar's dropped flow, by its
 	// container label, and not under the app's.
-	addr := h.obs.Addrs()[0].String()
+	addr := h.Agent.Hubble.Addrs()[0].String()
 	out := runHubble(t, "observe", "--server", addr, "--last", "1000", "--verdict", "DROPPED", "--from-label", "sidewall.io/container=log-shipper", "-o", "jsonpb")
 	if !strings.Contains(out, `"DROPPED"`) || !strings.Contains(out, b.IP.String()) || !strings.Contains(out, "sidewall.io/container=log-shipper") {
 		t.Errorf("hubble observe did not show the dropped sidecar flow to %s:\n%s", b.IP, out)
@@ -170,7 +150,7 @@ func TestAgentEnforcesSidecarPolicy(t *testing.T) {
 
 	// The metrics count the verdicts of the sidecar.
 	rec := httptest.NewRecorder()
-	h.agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	h.Agent.Agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
 	var denied bool
 	for _, line := range strings.Split(body, "\n") {
@@ -191,17 +171,17 @@ func TestAgentEnforcesSidecarPolicy(t *testing.T) {
 	// Gone pods and policies leave the maps as they were.
 	h.deletePolicy("shipper")
 	for _, p := range []*localnode.Pod{web, a, b} {
-		if err := h.node.DeletePod(context.Background(), p); err != nil {
+		if err := h.Local.DeletePod(context.Background(), p); err != nil {
 			t.Fatalf("delete pod %s: %v", p.Name, err)
 		}
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		now, err := h.dp.MapEntries()
+		now, err := h.Agent.Datapath.MapEntries()
 		if err != nil {
 			t.Fatal(err)
 		}
-		attached, _ := h.dp.Attached()
+		attached, _ := h.Agent.Datapath.Attached()
 		if fmt.Sprint(now) == fmt.Sprint(baseline) && len(attached) == 0 {
 			break
 		}
@@ -220,7 +200,7 @@ func TestAgentRestartNoGap(t *testing.T) {
 	a := h.runPod("peer-a", map[string]string{"app": "a"}, false)
 	b := h.runPod("peer-b", map[string]string{"app": "b"}, false)
 	for _, p := range []*localnode.Pod{a, b} {
-		if _, err := h.node.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
+		if _, err := h.Local.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
 			t.Fatalf("listen in %s: %v", p.Name, err)
 		}
 	}
@@ -274,7 +254,7 @@ func TestAgentRestartNoGap(t *testing.T) {
 // rules must name the numbers Cilium gave the peers, and enforce them.
 func TestAgentCiliumIdentities(t *testing.T) {
 	h := newHarnessWith(t, true)
-	cc, err := versioned.NewForConfig(h.env.Config)
+	cc, err := versioned.NewForConfig(h.Env.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +263,7 @@ func TestAgentCiliumIdentities(t *testing.T) {
 	b := h.runPod("peer-b", map[string]string{"app": "b"}, false)
 	web := h.runPod("web", map[string]string{"app": "web"}, true)
 	for _, p := range []*localnode.Pod{a, b} {
-		if _, err := h.node.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
+		if _, err := h.Local.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
 			t.Fatalf("listen in %s: %v", p.Name, err)
 		}
 	}
@@ -292,18 +272,18 @@ func TestAgentCiliumIdentities(t *testing.T) {
 	for i, p := range []*localnode.Pod{web, a, b} {
 		id := int64(40000 + i)
 		app := map[*localnode.Pod]string{web: "web", a: "a", b: "b"}[p]
-		lbls := map[string]string{"k8s:app": app, "k8s:io.kubernetes.pod.namespace": h.ns}
+		lbls := map[string]string{"k8s:app": app, "k8s:io.kubernetes.pod.namespace": h.Namespace}
 		if _, err := cc.CiliumV2().CiliumIdentities().Create(ctx, &ciliumv2.CiliumIdentity{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint(id)}, SecurityLabels: lbls,
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create ciliumidentity: %v", err)
 		}
-		if _, err := cc.CiliumV2().CiliumEndpoints(h.ns).Create(ctx, &ciliumv2.CiliumEndpoint{
-			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: h.ns},
+		if _, err := cc.CiliumV2().CiliumEndpoints(h.Namespace).Create(ctx, &ciliumv2.CiliumEndpoint{
+			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: h.Namespace},
 			Status: ciliumv2.EndpointStatus{
 				ID: 100 + id, State: "ready",
 				Identity:   &ciliumv2.EndpointIdentity{ID: id},
-				Networking: &ciliumv2.EndpointNetworking{Addressing: []*ciliumv2.AddressPair{{IPV4: p.IP.String()}}, NodeIP: h.node.HostIP().String()},
+				Networking: &ciliumv2.EndpointNetworking{Addressing: []*ciliumv2.AddressPair{{IPV4: p.IP.String()}}, NodeIP: h.Local.HostIP().String()},
 			},
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create ciliumendpoint: %v", err)
@@ -312,7 +292,7 @@ func TestAgentCiliumIdentities(t *testing.T) {
 	h.expect(web, "log-shipper", a, true)
 	h.expect(web, "log-shipper", b, false)
 	h.expect(web, "app", b, true)
-	st := h.agent.State()
+	st := h.Agent.Agent.State()
 	sc, _ := web.Container("log-shipper")
 	var peers []uint32
 	for _, r := range st.Rules[st.Containers[sc.CgroupID].PolicyID] {
@@ -330,7 +310,7 @@ func TestAgentFailsClosed(t *testing.T) {
 	h := newHarness(t)
 	h.applyPolicy(policyTo("a"))
 	a := h.runPod("peer-a", map[string]string{"app": "a"}, false)
-	if _, err := h.node.Listen(context.Background(), a, "app", "tcp", 8080); err != nil {
+	if _, err := h.Local.Listen(context.Background(), a, "app", "tcp", 8080); err != nil {
 		t.Fatalf("listen: %v", err)
 	}
 	// Before its status, the pod's cgroup is attached (the pod object is
@@ -343,8 +323,8 @@ func TestAgentFailsClosed(t *testing.T) {
 			}
 			deadline := time.Now().Add(15 * time.Second)
 			for {
-				att, _ := h.dp.Attached()
-				cs, _ := h.dp.Containers()
+				att, _ := h.Agent.Datapath.Attached()
+				cs, _ := h.Agent.Datapath.Containers()
 				if slices.Contains(att, podCg) && slices.ContainsFunc(cs, func(c bpfext.Container) bool { return c.CgroupID == podCg && c.DenyAll }) {
 					break
 				}
@@ -362,8 +342,8 @@ func TestAgentFailsClosed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	always := corev1.ContainerRestartPolicyAlways
-	web, err := h.node.RunPod(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "web", Labels: map[string]string{"app": "web"}},
+	web, err := h.Local.RunPod(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: h.Namespace, Name: "web", Labels: map[string]string{"app": "web"}},
 		Spec: corev1.PodSpec{
 			InitContainers: []corev1.Container{{Name: "log-shipper", RestartPolicy: &always}},
 			Containers:     []corev1.Container{{Name: "app"}},
@@ -374,7 +354,7 @@ func TestAgentFailsClosed(t *testing.T) {
 	}
 	h.expect(web, "app", a, true)
 	h.expect(web, "log-shipper", a, true)
-	if _, err := h.node.RestartContainer(ctx, web, "log-shipper", unclassified("log-shipper")); err != nil {
+	if _, err := h.Local.RestartContainer(ctx, web, "log-shipper", unclassified("log-shipper")); err != nil {
 		t.Fatalf("restart: %v", err)
 	}
 	h.expect(web, "log-shipper", a, true)

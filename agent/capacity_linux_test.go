@@ -30,14 +30,14 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	a := h.runPod("peer-a", map[string]string{"app": "a"}, false)
 	b := h.runPod("peer-b", map[string]string{"app": "b"}, false)
 	for _, p := range []*localnode.Pod{a, b} {
-		if _, err := h.node.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
+		if _, err := h.Local.Listen(context.Background(), p, "app", "tcp", 8080); err != nil {
 			t.Fatalf("listen in %s: %v", p.Name, err)
 		}
 	}
 	web1 := h.runPod("web-1", map[string]string{"app": "web"}, true)
 	h.expect(web1, "log-shipper", a, true)
 	h.expect(web1, "log-shipper", b, false)
-	if n, _ := h.dp.MapEntries(); n[bpfext.MapRules] != 1 {
+	if n, _ := h.Agent.Datapath.MapEntries(); n[bpfext.MapRules] != 1 {
 		t.Fatalf("web-1's policy takes %d rules entries, the test assumes 1", n[bpfext.MapRules])
 	}
 
@@ -49,11 +49,11 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	// Wait until the agent has classified web-2's sidecar (before that it
 	// is denied by the pod cgroup's entry, which proves nothing).
 	waitFor(t, "web-2's sidecar classified deny-all", func() bool {
-		st := h.agent.State()
+		st := h.Agent.Agent.State()
 		if st == nil || st.FailClosed[web2.UID] != agent.ReasonMapFull {
 			return false
 		}
-		cs, _ := h.dp.Containers()
+		cs, _ := h.Agent.Datapath.Containers()
 		for _, c := range cs {
 			if c.CgroupID == shipper2.CgroupID {
 				return c.DenyAll && c.PolicyID == 0
@@ -76,16 +76,16 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	if got := failClosedMetric(t, h); got != "1" {
 		t.Errorf("sidewall_pods_fail_closed{reason=\"map_full\"} = %q, want 1", got)
 	}
-	if n, _ := h.dp.MapEntries(); n[bpfext.MapRules] != 1 || n[bpfext.MapPolicies] != 1 {
+	if n, _ := h.Agent.Datapath.MapEntries(); n[bpfext.MapRules] != 1 || n[bpfext.MapPolicies] != 1 {
 		t.Errorf("maps hold %d rules entries, %d policies; want web-1's only (1, 1)", n[bpfext.MapRules], n[bpfext.MapPolicies])
 	}
 	warn := waitEvent(t, h, web2.Name, agent.EventReasonMapFull)
 	if warn.Type != corev1.EventTypeWarning || warn.Action != agent.EventActionFailClosed ||
-		warn.ReportingController != agent.ReportingController || warn.ReportingInstance != h.node.Name() ||
+		warn.ReportingController != agent.ReportingController || warn.ReportingInstance != h.Local.Name() ||
 		warn.Regarding.Kind != "Pod" || warn.Regarding.UID != web2.UID || !strings.Contains(warn.Note, "sw_rules 1/1") {
 		t.Errorf("MapFull event: type %q action %q reported by %s/%s regarding %s %s, note %q; want Warning FailClosed by %s/%s on Pod %s naming sw_rules 1/1",
 			warn.Type, warn.Action, warn.ReportingController, warn.ReportingInstance, warn.Regarding.Kind, warn.Regarding.UID, warn.Note,
-			agent.ReportingController, h.node.Name(), web2.UID)
+			agent.ReportingController, h.Local.Name(), web2.UID)
 	}
 
 	// A restarted agent rewrites web-1's policy over the entries the map
@@ -93,7 +93,7 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	h.stop()
 	h.startAgent()
 	waitFor(t, "restarted agent refuses web-2 only", func() bool {
-		st := h.agent.State()
+		st := h.Agent.Agent.State()
 		return st != nil && len(st.FailClosed) == 1 && st.FailClosed[web2.UID] == agent.ReasonMapFull
 	})
 	h.expect(web1, "log-shipper", a, true)
@@ -103,18 +103,18 @@ func TestAgentMapFullFailsClosed(t *testing.T) {
 	}
 
 	// Capacity freed: web-2 gets its policy.
-	if err := h.node.DeletePod(context.Background(), web1); err != nil {
+	if err := h.Local.DeletePod(context.Background(), web1); err != nil {
 		t.Fatalf("delete web-1: %v", err)
 	}
 	h.expect(web2, "log-shipper", a, true)
 	h.expect(web2, "log-shipper", b, false)
 	waitFor(t, "fail-closed gauge back to 0", func() bool { return failClosedMetric(t, h) == "0" })
-	if st := h.agent.State(); len(st.FailClosed) != 0 {
+	if st := h.Agent.Agent.State(); len(st.FailClosed) != 0 {
 		t.Errorf("state still lists fail-closed pods: %v", st.FailClosed)
 	}
 	ok := waitEvent(t, h, web2.Name, agent.EventReasonEnforced)
-	if ok.Type != corev1.EventTypeNormal || ok.Action != agent.EventActionEnforce || ok.ReportingInstance != h.node.Name() {
-		t.Errorf("Enforced event: type %q action %q instance %q; want Normal %s by %s", ok.Type, ok.Action, ok.ReportingInstance, agent.EventActionEnforce, h.node.Name())
+	if ok.Type != corev1.EventTypeNormal || ok.Action != agent.EventActionEnforce || ok.ReportingInstance != h.Local.Name() {
+		t.Errorf("Enforced event: type %q action %q instance %q; want Normal %s by %s", ok.Type, ok.Action, ok.ReportingInstance, agent.EventActionEnforce, h.Local.Name())
 	}
 	// Events are recorded on transitions only: the reconciles while web-2
 	// failed closed (resyncs, web-1's deletion) add none. The restarted
@@ -142,7 +142,7 @@ func podEvents(t *testing.T, h *harness, pod string) []eventsv1.Event {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	l, err := h.cs.EventsV1().Events(h.ns).List(ctx, metav1.ListOptions{FieldSelector: "regarding.name=" + pod})
+	l, err := h.Client.EventsV1().Events(h.Namespace).List(ctx, metav1.ListOptions{FieldSelector: "regarding.name=" + pod})
 	if err != nil {
 		t.Fatalf("list events: %v", err)
 	}
@@ -179,7 +179,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func failClosedMetric(t *testing.T, h *harness) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	h.agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	h.Agent.Agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
 		if v, ok := strings.CutPrefix(line, `sidewall_pods_fail_closed{reason="map_full"} `); ok {
 			return v
@@ -193,7 +193,7 @@ func failClosedMetric(t *testing.T, h *harness) string {
 // is classified on the real datapath, the sidecars restricted.
 func TestAgentPodWith200Containers(t *testing.T) {
 	h := newHarness(t)
-	baseline, err := h.dp.MapEntries()
+	baseline, err := h.Agent.Datapath.MapEntries()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,14 +207,14 @@ spec:
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 `)
 	always := corev1.ContainerRestartPolicyAlways
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "big", Labels: map[string]string{"app": "web"}}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: h.Namespace, Name: "big", Labels: map[string]string{"app": "web"}}}
 	for i := range 100 {
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: fmt.Sprintf("sidecar-%d", i), RestartPolicy: &always})
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprintf("app-%d", i)})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	big, err := h.node.RunPod(ctx, pod, localnode.WithoutNetwork())
+	big, err := h.Local.RunPod(ctx, pod, localnode.WithoutNetwork())
 	if err != nil {
 		t.Fatalf("run pod: %v", err)
 	}
@@ -229,7 +229,7 @@ spec:
 		}
 	})
 	waitFor(t, "all 200 containers classified", func() bool {
-		cs, err := h.dp.Containers()
+		cs, err := h.Agent.Datapath.Containers()
 		if err != nil {
 			return false
 		}
@@ -250,20 +250,20 @@ spec:
 		}
 		return len(problems) == 0
 	})
-	if st := h.agent.State(); len(st.FailClosed) != 0 {
+	if st := h.Agent.Agent.State(); len(st.FailClosed) != 0 {
 		t.Errorf("fail-closed pods: %v", st.FailClosed)
 	}
-	if n, _ := h.dp.MapEntries(); n[bpfext.MapContainers] != baseline[bpfext.MapContainers]+201 {
+	if n, _ := h.Agent.Datapath.MapEntries(); n[bpfext.MapContainers] != baseline[bpfext.MapContainers]+201 {
 		t.Errorf("sw_containers holds %d entries, want %d (200 containers and the pod cgroup)", n[bpfext.MapContainers], baseline[bpfext.MapContainers]+201)
 	}
 
-	if err := h.node.DeletePod(context.Background(), big); err != nil {
+	if err := h.Local.DeletePod(context.Background(), big); err != nil {
 		t.Fatalf("delete pod: %v", err)
 	}
 	h.deletePolicy("sidecars")
 	waitFor(t, "maps back to baseline", func() bool {
-		now, _ := h.dp.MapEntries()
-		attached, _ := h.dp.Attached()
+		now, _ := h.Agent.Datapath.MapEntries()
+		attached, _ := h.Agent.Datapath.Attached()
 		return fmt.Sprint(now) == fmt.Sprint(baseline) && len(attached) == 0
 	})
 }

@@ -16,13 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
-	"github.com/sidewall/sidewall/agent"
 	"github.com/sidewall/sidewall/bpfext"
 	"github.com/sidewall/sidewall/hack/harness/agentnode"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
-	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -37,14 +33,8 @@ func TestMain(m *testing.M) {
 // attacker.
 type suite struct {
 	*agentnode.Node
-	t     *testing.T
-	env   *testenv.Env
-	cs    kubernetes.Interface
-	node  *localnode.Node
-	ns    string
-	dp    *bpfext.Datapath
-	agent *agent.Agent
-	exe   string
+	t   *testing.T
+	exe string
 }
 
 func newSuite(t *testing.T) *suite {
@@ -53,8 +43,7 @@ func newSuite(t *testing.T) *suite {
 		t.Fatal(err)
 	}
 	n := agentnode.New(t, agentnode.Options{Prefix: "bypass", LogLevel: slog.LevelWarn})
-	return &suite{Node: n, t: t, env: n.Env, cs: n.Client, node: n.Local, ns: n.Namespace,
-		dp: n.Agent.Datapath, agent: n.Agent.Agent, exe: exe}
+	return &suite{Node: n, t: t, exe: exe}
 }
 
 func (s *suite) stop() { s.StopAgent() }
@@ -87,7 +76,7 @@ func (s *suite) applyPolicy() { s.t.Helper(); s.ApplyPolicy(policy) }
 // start runs one helper op in a container without waiting.
 func (s *suite) start(p *localnode.Pod, container string, args ...string) *localnode.Process {
 	s.t.Helper()
-	pr, err := s.node.RunInContainer(p, container, append([]string{s.exe, helperArg}, args...))
+	pr, err := s.Local.RunInContainer(p, container, append([]string{s.exe, helperArg}, args...))
 	if err != nil {
 		s.t.Fatalf("start %v in %s/%s: %v", args, p.Name, container, err)
 	}
@@ -127,7 +116,7 @@ func parseSteps(t *testing.T, out string) map[string]step {
 
 func (s *suite) counters() bpfext.Counters {
 	s.t.Helper()
-	c, err := s.dp.Counters()
+	c, err := s.Agent.Datapath.Counters()
 	if err != nil {
 		s.t.Fatalf("counters: %v", err)
 	}
@@ -138,7 +127,7 @@ func (s *suite) counters() bpfext.Counters {
 // pod web, from the datapath's events (socket hooks included).
 func (s *suite) sidecarDenies() float64 {
 	rec := httptest.NewRecorder()
-	s.agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	s.Agent.Agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	var sum float64
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
 		if strings.HasPrefix(line, "sidewall_verdicts_total{") && strings.Contains(line, `container="log-shipper"`) &&
@@ -214,7 +203,7 @@ func TestBypass(t *testing.T) {
 	s.applyPolicy()
 	// Wait until the agent enforces: the sidecar's denied connect gets EPERM.
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		_, err := s.node.Dial(context.Background(), web, "log-shipper", "tcp", bTCP, 2*time.Second)
+		_, err := s.Local.Dial(context.Background(), web, "log-shipper", "tcp", bTCP, 2*time.Second)
 		if errors.Is(err, syscall.EPERM) {
 			break
 		}
@@ -222,7 +211,7 @@ func TestBypass(t *testing.T) {
 			t.Fatalf("policy not enforced after 15s: %v", err)
 		}
 	}
-	if _, err := s.node.Dial(context.Background(), web, "log-shipper", "tcp", net.JoinHostPort(a.IP.String(), "8080"), 2*time.Second); err != nil {
+	if _, err := s.Local.Dial(context.Background(), web, "log-shipper", "tcp", net.JoinHostPort(a.IP.String(), "8080"), 2*time.Second); err != nil {
 		t.Fatalf("the sidecar's allowed connection to peer-a:8080 failed: %v", err)
 	}
 
@@ -446,7 +435,7 @@ func TestBypass(t *testing.T) {
 	t.Run("agent down", func(t *testing.T) {
 		s.stop()
 		for i := 0; i < 3; i++ {
-			_, err := s.node.Dial(context.Background(), web, "log-shipper", "tcp", bTCP, 2*time.Second)
+			_, err := s.Local.Dial(context.Background(), web, "log-shipper", "tcp", bTCP, 2*time.Second)
 			if !errors.Is(err, syscall.EPERM) {
 				t.Fatalf("with the agent stopped, sidecar -> peer-b:8080: got %v, want EPERM", err)
 			}
@@ -466,7 +455,7 @@ func TestBypass(t *testing.T) {
 			t.Fatal(err)
 		}
 		expectSkbDeny(t, before, after, bpfext.ReasonDefaultDeny)
-		if _, err := s.node.Dial(context.Background(), web, "log-shipper", "tcp", net.JoinHostPort(a.IP.String(), "8080"), 2*time.Second); err != nil {
+		if _, err := s.Local.Dial(context.Background(), web, "log-shipper", "tcp", net.JoinHostPort(a.IP.String(), "8080"), 2*time.Second); err != nil {
 			t.Errorf("with the agent stopped, the allowed connection failed: %v", err)
 		}
 	})
