@@ -250,7 +250,8 @@ func (d *Datapath) VerdictProgram(s Slot) *ebpf.Program {
 
 // SetVerdict swaps the verdict program of a slot for every attached cgroup
 // at once. The program must have the slot's type and attach type and use
-// this datapath's maps (load it with [Datapath.MapReplacements]).
+// this datapath's maps (load it with [ebpf.CollectionOptions.MapReplacements]
+// from [Datapath.MapsByName]).
 // A nil program empties the slot: the entry programs then deny for every
 // classified cgroup without FailOpen.
 func (d *Datapath) SetVerdict(s Slot, p *ebpf.Program) error {
@@ -294,21 +295,6 @@ func (d *Datapath) maps() []*ebpf.Map {
 	var out []*ebpf.Map
 	for _, m := range d.MapsByName() {
 		out = append(out, m)
-	}
-	return out
-}
-
-// MapReplacements returns the pinned maps that spec declares, for
-// ebpf.CollectionOptions.MapReplacements when loading a replacement verdict
-// program that must share this datapath's maps. It sets the spec's sizes
-// to the pinned maps' (a replacement must match its spec).
-func (d *Datapath) MapReplacements(spec *ebpf.CollectionSpec) map[string]*ebpf.Map {
-	out := map[string]*ebpf.Map{}
-	for name, m := range d.MapsByName() {
-		if ms, ok := spec.Maps[name]; ok {
-			ms.MaxEntries = m.MaxEntries()
-			out[name] = m
-		}
 	}
 	return out
 }

@@ -4,6 +4,7 @@ package bpfext
 // replaces whole policies with ReplaceRules and detaches by cgroup id).
 
 import (
+	"github.com/cilium/ebpf"
 	"github.com/sidewall/sidewall/bpfext/objs"
 )
 
@@ -36,4 +37,19 @@ func (d *Datapath) detach(cgroupPath string) error {
 		return err
 	}
 	return d.DetachID(cgid)
+}
+
+// mapReplacements returns the pinned maps that spec declares, for
+// ebpf.CollectionOptions.MapReplacements when loading a replacement verdict
+// program that must share this datapath's maps. It sets the spec's sizes
+// to the pinned maps' (a replacement must match its spec).
+func (d *Datapath) mapReplacements(spec *ebpf.CollectionSpec) map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	for name, m := range d.MapsByName() {
+		if ms, ok := spec.Maps[name]; ok {
+			ms.MaxEntries = m.MaxEntries()
+			out[name] = m
+		}
+	}
+	return out
 }

@@ -12,7 +12,7 @@ import (
 )
 
 // A verdict program loaded separately (as a newer agent would) shares the
-// pinned maps through MapReplacements and takes over the slot.
+// pinned maps through mapReplacements (MapsByName) and takes over the slot.
 func TestSwapVerdictFromSpec(t *testing.T) {
 	d := newTestDatapath(t)
 	setupPolicy(t, d)
@@ -20,7 +20,7 @@ func TestSwapVerdictFromSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.MapReplacements(spec)})
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.mapReplacements(spec)})
 	if err != nil {
 		t.Fatalf("load replacement verdict: %+v", err)
 	}
