@@ -71,6 +71,36 @@ $(BIN)/hubble-$(HUBBLE_VERSION):
 $(BIN)/hubble: $(BIN)/hubble-$(HUBBLE_VERSION)
 	ln -sf $(notdir $<) $@
 
+# cilium-agent and cilium-cni, built from the cilium module go.mod pins, for
+# the Cilium node of the end-to-end suite and the demo; bin/cilium-lib holds
+# that module's bpf/ sources, which the agent compiles at start.
+CILIUM_VERSION := $(HUBBLE_VERSION)
+$(BIN)/cilium-agent-$(CILIUM_VERSION):
+	@mkdir -p $(BIN)
+	@pinned=$$(cd hack/tools/cilium && $(GO) list -m -f '{{.Version}}' github.com/cilium/cilium); \
+	  [ "$$pinned" = "$(CILIUM_VERSION)" ] || { echo "hack/tools/cilium pins cilium $$pinned but go.mod has $(CILIUM_VERSION): make them equal"; exit 1; }
+	@echo ">> building cilium-agent $(CILIUM_VERSION) (first time: about 3 minutes)"
+	cd hack/tools/cilium && $(GO) build -o $(CURDIR)/$@ github.com/cilium/cilium/daemon
+
+$(BIN)/cilium-cni-$(CILIUM_VERSION):
+	@mkdir -p $(BIN)
+	cd hack/tools/cilium && $(GO) build -o $(CURDIR)/$@ github.com/cilium/cilium/plugins/cilium-cni
+
+$(BIN)/cilium-lib-$(CILIUM_VERSION):
+	@mkdir -p $@.tmp
+	cp -r "$$(cd hack/tools/cilium && $(GO) list -m -f '{{.Dir}}' github.com/cilium/cilium)/bpf" $@.tmp/bpf
+	chmod -R u+w $@.tmp
+	mv $@.tmp $@
+
+$(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib: $(BIN)/%: $(BIN)/%-$(CILIUM_VERSION)
+	ln -sfn $(notdir $<) $@
+
+.PHONY: cilium-tools
+cilium-tools: $(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib ## Build cilium-agent and cilium-cni into bin/ and install what they need from Debian (clang-19, llvm-19, ipset, iptables, iproute2).
+	@command -v clang-19 >/dev/null && command -v llc-19 >/dev/null && command -v ipset >/dev/null && command -v iptables >/dev/null && command -v ip >/dev/null || { \
+	  echo ">> installing clang-19 llvm-19 ipset iptables iproute2 from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 llvm-19 ipset iptables iproute2 >/dev/null; }
+
 .PHONY: clang
 clang: ## Install the pinned clang/llvm/bpftool from Debian if missing (needed only by `make generate`).
 	@command -v clang-$(CLANG_VERSION) >/dev/null && command -v llvm-strip-$(CLANG_VERSION) >/dev/null || { \
@@ -121,7 +151,7 @@ check-imports: ## Fail if bpfext imports the control plane or the agent, or tran
 # network namespaces) and the integration ones (tools from bin/). There a
 # test that cannot run fails; it never skips (hack/harness/privileged.go).
 .PHONY: test
-test: tools test-deps verify-generated lint check-imports ## Run the whole test suite (real kernel, real kube-apiserver+etcd), then each fuzz target briefly. Needs root.
+test: tools cilium-tools test-deps verify-generated lint check-imports ## Run the whole test suite (real kernel, real kube-apiserver+etcd), then each fuzz target briefly. Needs root.
 	PRIVILEGED_TESTS=1 INTEGRATION_TESTS=1 $(GO) test $(GO_TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory fuzz
 

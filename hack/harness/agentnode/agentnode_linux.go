@@ -20,12 +20,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+
 	"github.com/sidewall/sidewall/agent"
 	"github.com/sidewall/sidewall/bpfext"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
 	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
+	"github.com/sidewall/sidewall/translator/controller"
 )
 
 // Options shape the node.
@@ -36,6 +39,10 @@ type Options struct {
 	// identities (CiliumEndpoints, CiliumIdentities); otherwise it
 	// allocates local ones from pod labels.
 	Cilium bool
+	// CiliumNode runs a real cilium-agent that owns the node's networking
+	// (localnode.Cilium, from the tools `make cilium-tools` builds); it
+	// implies Cilium.
+	CiliumNode bool
 	// MaxEntries overrides datapath map sizes when the maps are created.
 	MaxEntries map[string]uint32
 	// LogLevel of the agent's log, which goes to the test log.
@@ -65,6 +72,9 @@ func New(t testing.TB, o Options) *Node {
 	if o.Prefix == "" {
 		o.Prefix = "agent"
 	}
+	if o.CiliumNode {
+		o.Cilium = true
+	}
 	n := &Node{t: t, opts: o, Namespace: o.Prefix + "-" + RandHex(3)}
 	n.Env = testenv.New(t, testenv.Options{SkipCiliumCRDs: !o.Cilium})
 	var err error
@@ -76,8 +86,29 @@ func New(t testing.TB, o Options) *Node {
 	if _, err := n.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n.Namespace}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}
-	if n.Local, err = localnode.New(ctx, localnode.Options{Client: n.Client}); err != nil {
+	lo := localnode.Options{Client: n.Client, Logf: t.Logf}
+	if o.CiliumNode {
+		if lo.Cilium, err = localnode.CiliumTools(n.Env.Config); err != nil {
+			t.Fatalf("cilium node: %v", err)
+		}
+		lo.Cilium.KubeProxyReplacement = true
+		// The agent compiles its datapath at start: minutes on this machine.
+		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+	}
+	start := time.Now()
+	if n.Local, err = localnode.New(ctx, lo); err != nil {
 		t.Fatalf("localnode.New: %v", err)
+	}
+	if o.CiliumNode {
+		t.Logf("cilium node %s up in %s", n.Local.Name(), time.Since(start).Round(time.Second))
+		// Before the node's Close (cleanups run last first): the log goes
+		// with the node.
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("cilium-agent log, last lines:\n%s", n.Local.CiliumLogTail(60))
+			}
+		})
 	}
 	t.Cleanup(func() {
 		if err := n.Local.Close(); err != nil {
@@ -132,6 +163,15 @@ func (n *Node) StartAgent() {
 	if err := a.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// StartController runs sidewall's controller, configured as the binary
+// configures it, for the test's namespace, until the test ends.
+func (n *Node) StartController() {
+	n.t.Helper()
+	n.Env.StartManager(n.t, func(mgr manager.Manager) error {
+		return controller.SetupWithManager(mgr, controller.Options{})
+	}, testenv.ManagerOptions{Namespaces: []string{n.Namespace}, Configure: controller.ConfigureManager})
 }
 
 // StopAgent stops the agent; its pins stay, as when a node agent restarts.

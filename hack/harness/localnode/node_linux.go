@@ -42,6 +42,9 @@ type Options struct {
 	PodCIDR netip.Prefix
 	// Logf receives one line per step. Nil: silent.
 	Logf func(format string, args ...any)
+	// Cilium, if set, makes a real cilium-agent own the node's networking
+	// (see Cilium); otherwise pods get a veth on the node's bridge.
+	Cilium *Cilium
 }
 
 // Node is the local node: its bridge, its kubepods cgroups and its pods.
@@ -54,8 +57,10 @@ type Node struct {
 	kubepods string
 	bridge   string
 	subnet   netip.Prefix
+	podCIDR  netip.Prefix // with Cilium: the Node's spec.podCIDR
 	hostIP   netip.Addr
 	logf     func(string, ...any)
+	cilium   *ciliumNode
 
 	mu       sync.Mutex
 	pods     map[types.UID]*Pod
@@ -117,11 +122,24 @@ func New(ctx context.Context, opts Options) (n *Node, err error) {
 		}
 	}
 
-	if err := n.setupBridge(opts.PodCIDR); err != nil {
+	if err := n.pickSubnet(opts.PodCIDR); err != nil {
+		return n, fmt.Errorf("new local node: %w", err)
+	}
+	if opts.Cilium != nil {
+		n.bridge = ""
+		n.hostIP, n.podCIDR = ciliumAddrs(n.subnet)
+	} else if err := n.addBridge(); err != nil {
 		return n, fmt.Errorf("new local node: %w", err)
 	}
 	if err := n.createNode(ctx); err != nil {
 		return n, fmt.Errorf("new local node: %w", err)
+	}
+	if opts.Cilium != nil {
+		if err := n.startCilium(ctx, *opts.Cilium); err != nil {
+			return n, fmt.Errorf("new local node: %w", err)
+		}
+		n.logf("node %s: cilium-agent in network namespace %s, pod cidr %s, cgroups under %s", n.name, n.cilium.nsName, n.podCIDR, n.kubepods)
+		return n, nil
 	}
 	n.logf("node %s: bridge %s %s, cgroups under %s", n.name, n.bridge, n.subnet, n.kubepods)
 	return n, nil
@@ -174,6 +192,10 @@ func (n *Node) createNode(ctx context.Context) error {
 		Name:   n.name,
 		Labels: map[string]string{corev1.LabelHostname: n.name, corev1.LabelOSStable: "linux"},
 	}}
+	if n.podCIDR.IsValid() {
+		// Cilium's IPAM mode kubernetes takes the pods' addresses from here.
+		node.Spec.PodCIDR, node.Spec.PodCIDRs = n.podCIDR.String(), []string{n.podCIDR.String()}
+	}
 	created, err := n.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create node %s: %w", n.name, err)
@@ -195,9 +217,9 @@ func (n *Node) createNode(ctx context.Context) error {
 	return nil
 }
 
-// setupBridge picks a pod range no host address or route overlaps, so
-// nothing the pods send can leave the bridge, and creates the bridge.
-func (n *Node) setupBridge(want netip.Prefix) error {
+// pickSubnet picks a pod range no host address or route overlaps, so
+// nothing the pods send can leave the node.
+func (n *Node) pickSubnet(want netip.Prefix) error {
 	if want.IsValid() {
 		if !want.Addr().Is4() || want.Bits() > 28 {
 			return fmt.Errorf("options pod cidr %s: want an IPv4 range of at least 16 addresses", want)
@@ -235,8 +257,7 @@ func (n *Node) setupBridge(want netip.Prefix) error {
 	}
 	n.hostIP = n.subnet.Addr().Next()
 	n.nextHost = 2
-
-	return n.addBridge()
+	return nil
 }
 
 func (n *Node) addBridge() error {
@@ -364,12 +385,17 @@ func (n *Node) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		if n.cilium != nil {
+			if err := n.cilium.stop(); err != nil {
+				errs = append(errs, fmt.Errorf("stop cilium: %w", err))
+			}
+		}
 		if n.rootRel != "" {
 			if err := removeCgroupTree(filepath.Join(n.mount, n.rootRel)); err != nil {
 				errs = append(errs, fmt.Errorf("remove cgroups: %w", err))
 			}
 		}
-		if l, err := netlink.LinkByName(n.bridge); err == nil {
+		if l, err := netlink.LinkByName(n.bridge); n.bridge != "" && err == nil {
 			if err := netlink.LinkDel(l); err != nil {
 				errs = append(errs, fmt.Errorf("delete bridge %s: %w", n.bridge, err))
 			}

@@ -49,12 +49,17 @@ type Pod struct {
 	// and which no status names. No process runs in it.
 	SandboxCgroupDir string
 
-	node       *Node
-	hostVeth   string
-	started    metav1.Time
-	containers []*container // guarded by node.mu
-	gone       bool         // guarded by node.mu
+	node        *Node
+	hostVeth    string
+	ciliumWired bool // cilium-cni ADD succeeded; DEL is owed
+	started     metav1.Time
+	containers  []*container // guarded by node.mu
+	gone        bool         // guarded by node.mu
 }
+
+// sandboxID is the pod sandbox's id, as the runtime hands it to the CNI
+// plugin (CNI_CONTAINERID).
+func (p *Pod) sandboxID() string { return filepath.Base(p.SandboxCgroupDir) }
 
 type container struct {
 	name      string
@@ -232,6 +237,10 @@ func (n *Node) RunPod(ctx context.Context, in *corev1.Pod, opts ...PodOption) (_
 	}
 	if o.noNetwork {
 		if p.IP, err = n.allocIP(); err != nil {
+			return nil, err
+		}
+	} else if n.cilium != nil {
+		if err := n.cilium.addPod(n, p); err != nil {
 			return nil, err
 		}
 	} else if err := n.setupPodNetwork(p); err != nil {
@@ -661,6 +670,11 @@ func (n *Node) setupPodNetwork(p *Pod) error {
 
 func (n *Node) teardownPodNetwork(p *Pod) error {
 	var errs []error
+	if n.cilium != nil {
+		if err := n.cilium.delPod(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if p.hostVeth != "" {
 		if l, err := netlink.LinkByName(p.hostVeth); err == nil {
 			if err := netlink.LinkDel(l); err != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	ciliumcrds "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/client/crds/v2"
+	ciliumalphacrds "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/client/crds/v2alpha1"
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/go-logr/logr"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -222,7 +223,13 @@ func CiliumCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read cilium CRDs: %w", err)
 	}
-	return defs, nil
+	// The v2alpha1 ones are registered by cilium-operator in a cluster;
+	// a cilium-agent waits for them (the Cilium node of localnode).
+	alpha, err := readCRDs(ciliumalphacrds.EmbedFS)
+	if err != nil {
+		return nil, fmt.Errorf("read cilium v2alpha1 CRDs: %w", err)
+	}
+	return append(defs, alpha...), nil
 }
 
 func readCRDs(fsys fs.FS) ([]*apiextensionsv1.CustomResourceDefinition, error) {

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
+	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sidewall/sidewall/hack/harness/agentnode"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
+	"github.com/sidewall/sidewall/translator"
+)
+
+// The sidecar may reach logging on TCP 8080, and nothing else; the grant is
+// exclusive, so the app may not reach logging:8080.
+const shipperPolicy = `
+metadata: {name: shipper}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [log-shipper]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: logging}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+
+// defaultDeny puts every pod of the namespace into egress default deny at
+// Cilium's level: only what some CNP grants passes.
+const defaultDeny = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: default-deny}
+spec:
+  endpointSelector: {}
+  egress:
+  - toEndpoints: [{matchLabels: {app: nobody}}]
+`
+
+func TestCiliumNode(t *testing.T) {
+	n := agentnode.New(t, agentnode.Options{Prefix: "e2e", CiliumNode: true})
+	n.StartController()
+	cc, err := versioned.NewForConfig(n.Env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := n.RunPod("web", map[string]string{"app": "web"}, true)
+	logging := n.RunPod("logging", map[string]string{"app": "logging"}, false)
+	payments := n.RunPod("payments", map[string]string{"app": "payments"}, false)
+	pods := []*localnode.Pod{web, logging, payments}
+	for _, p := range []*localnode.Pod{logging, payments} {
+		n.Listen(p, "app", "tcp", 8080)
+	}
+
+	t.Run("identities", func(t *testing.T) {
+		for _, p := range pods {
+			cep := waitEndpoint(t, cc, p)
+			want := uint32(cep.Status.Identity.ID)
+			waitFor(t, fmt.Sprintf("sidewall's identity of %s (%s) = Cilium's %d", p.Name, p.IP, want), func() error {
+				ids, err := n.Agent.Datapath.Identities()
+				if err != nil {
+					return err
+				}
+				for _, id := range ids {
+					if id.Prefix == netip.PrefixFrom(p.IP, 32) {
+						if id.Identity != want {
+							return fmt.Errorf("sidewall holds %d", id.Identity)
+						}
+						return nil
+					}
+				}
+				return errors.New("sidewall holds no identity for it")
+			})
+			cid, err := cc.CiliumV2().CiliumIdentities().Get(context.Background(), fmt.Sprint(want), metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("CiliumIdentity %d of %s: %v", want, p.Name, err)
+			}
+			for k, v := range map[string]string{"k8s:app": p.Name, "k8s:io.kubernetes.pod.namespace": n.Namespace} {
+				if got, ok := cid.SecurityLabels[k]; !ok || got != v {
+					t.Errorf("CiliumIdentity %d of %s: label %s = %q, want %q (labels %v)", want, p.Name, k, got, v, cid.SecurityLabels)
+				}
+			}
+		}
+	})
+
+	t.Run("Cilium imports the generated policy", func(t *testing.T) {
+		n.ApplyPolicy(shipperPolicy)
+		name := translator.CNPName("shipper")
+		waitFor(t, "cilium-agent holds CNP "+name, func() error {
+			return ciliumHasPolicy(n.Local, n.Namespace, name)
+		})
+		n.Expect(web, "log-shipper", logging, "8080", true)
+		n.Expect(web, "log-shipper", payments, "8080", false)
+		n.Expect(web, "app", logging, "8080", false) // the sidecar's grant is exclusive
+		n.Expect(web, "app", payments, "8080", true)
+	})
+
+	t.Run("Cilium's default deny and sidewall's grant", func(t *testing.T) {
+		applyCNP(t, cc, n.Namespace, defaultDeny)
+		waitFor(t, "cilium-agent holds CNP default-deny", func() error {
+			return ciliumHasPolicy(n.Local, n.Namespace, "default-deny")
+		})
+		// Granted by the generated CNP at Cilium's level, and by sidewall
+		// to the sidecar.
+		n.Expect(web, "log-shipper", logging, "8080", true)
+		// Denied by sidewall at once (exclusive grant, default deny).
+		n.Expect(web, "app", logging, "8080", false)
+		n.Expect(web, "log-shipper", payments, "8080", false)
+		// Denied by Cilium: sidewall lets the app through, Cilium drops.
+		waitFor(t, "Cilium drops web/app -> payments:8080", func() error {
+			err := n.Dial(web, "app", payments, "8080")
+			if err == nil {
+				return errors.New("connected")
+			}
+			if errors.Is(err, syscall.EPERM) {
+				return fmt.Errorf("sidewall denied it (%v); Cilium should have", err)
+			}
+			return nil
+		})
+	})
+}
+
+func waitEndpoint(t *testing.T, cc versioned.Interface, p *localnode.Pod) *ciliumv2.CiliumEndpoint {
+	t.Helper()
+	var cep *ciliumv2.CiliumEndpoint
+	waitFor(t, "CiliumEndpoint of "+p.Name+" with an identity", func() error {
+		var err error
+		cep, err = cc.CiliumV2().CiliumEndpoints(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cep.Status.Identity == nil || cep.Status.Identity.ID == 0 {
+			return errors.New("no identity yet")
+		}
+		return nil
+	})
+	return cep
+}
+
+func applyCNP(t *testing.T, cc versioned.Interface, ns, doc string) {
+	t.Helper()
+	var cnp ciliumv2.CiliumNetworkPolicy
+	if err := yaml.UnmarshalStrict([]byte(doc), &cnp); err != nil {
+		t.Fatalf("parse CNP: %v", err)
+	}
+	cnp.Namespace = ns
+	if _, err := cc.CiliumV2().CiliumNetworkPolicies(ns).Create(context.Background(), &cnp, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create CNP %s: %v", cnp.Name, err)
+	}
+}
+
+// ciliumHasPolicy asks the cilium-agent (GET /v1/policy, as `cilium-dbg
+// policy get` does) whether it imported the CNP.
+func ciliumHasPolicy(node *localnode.Node, ns, name string) error {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", node.CiliumSocket())
+		},
+	}}
+	resp, err := hc.Get("http://cilium/v1/policy")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	var pol struct {
+		Policy string `json:"policy"`
+	}
+	if err := json.Unmarshal(body, &pol); err != nil {
+		return fmt.Errorf("GET /v1/policy: %w: %s", err, body)
+	}
+	var rules []struct {
+		Labels []struct {
+			Key   string `json:"key"`
+			Value string `json:"value"`
+		} `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(pol.Policy), &rules); err != nil {
+		return fmt.Errorf("GET /v1/policy: rules: %w: %s", err, pol.Policy)
+	}
+	for _, r := range rules {
+		var gotName, gotNS bool
+		for _, l := range r.Labels {
+			gotName = gotName || l.Key == "io.cilium.k8s.policy.name" && l.Value == name
+			gotNS = gotNS || l.Key == "io.cilium.k8s.policy.namespace" && l.Value == ns
+		}
+		if gotName && gotNS {
+			return nil
+		}
+	}
+	return fmt.Errorf("the agent holds %d rules, none from CNP %s/%s", len(rules), ns, name)
+}
+
+func waitFor(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}

@@ -1,0 +1,580 @@
+package localnode
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/sidewall/sidewall/hack/harness"
+)
+
+// Cilium makes a real cilium-agent own the node's networking: New starts
+// it in a network namespace of its own (the "node"), with its own bpffs and
+// the node's cgroup root as Cilium's cgroup root, and RunPod wires each pod
+// in with cilium-cni instead of a veth on a bridge. Pods then get Cilium
+// endpoints, Cilium-allocated identities, Cilium's programs on their lxc
+// veths, and Cilium's socket load balancer at the node's cgroup root above
+// the pod cgroups.
+type Cilium struct {
+	// Config reaches the API server; the agent gets a kubeconfig for it,
+	// relayed into the node's network namespace. Required.
+	Config *rest.Config
+	// Agent and CNI are the cilium-agent and cilium-cni binaries; LibDir
+	// holds Cilium's bpf/ sources, which the agent compiles at start.
+	// CiliumTools fills them from bin/.
+	Agent, CNI, LibDir string
+	// KubeProxyReplacement turns Cilium's kube-proxy replacement (socket
+	// LB, NodePort) on.
+	KubeProxyReplacement bool
+	// ReadyTimeout bounds the agent's start (0: 5 minutes).
+	ReadyTimeout time.Duration
+}
+
+// CiliumTools returns the Cilium binaries and bpf sources that `make
+// cilium-tools` puts into bin/.
+func CiliumTools(cfg *rest.Config) (*Cilium, error) {
+	c := &Cilium{Config: cfg}
+	var err error
+	if c.Agent, err = harness.Tool("cilium-agent"); err != nil {
+		return nil, err
+	}
+	if c.CNI, err = harness.Tool("cilium-cni"); err != nil {
+		return nil, err
+	}
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	c.LibDir = filepath.Join(root, "bin", "cilium-lib")
+	if _, err := os.Stat(filepath.Join(c.LibDir, "bpf", "bpf_lxc.c")); err != nil {
+		return nil, fmt.Errorf("cilium bpf sources: %w: %w", err, harness.ErrToolMissing)
+	}
+	return c, nil
+}
+
+// ciliumNode is the running Cilium part of a Node.
+type ciliumNode struct {
+	opts    Cilium
+	dir     string // state, lib, bpffs, cgroup mount, logs
+	nsName  string
+	hostVth string
+	nodeIP  netip.Addr
+	podCIDR netip.Prefix
+
+	relay   net.Listener
+	agent   *exec.Cmd
+	exited  chan error
+	logPath string
+
+	mu      sync.Mutex
+	mounted []string
+}
+
+// Cilium paths inside dir.
+func (c *ciliumNode) stateDir() string  { return filepath.Join(c.dir, "state") }
+func (c *ciliumNode) socket() string    { return filepath.Join(c.stateDir(), "cilium.sock") }
+func (c *ciliumNode) bpffs() string     { return filepath.Join(c.dir, "bpffs") }
+func (c *ciliumNode) cgroupDir() string { return filepath.Join(c.dir, "cgroup") }
+
+// HubbleSocket is the unix socket of the Cilium agent's embedded Hubble
+// (empty without Cilium).
+func (n *Node) HubbleSocket() string {
+	if n.cilium == nil {
+		return ""
+	}
+	return filepath.Join(n.cilium.stateDir(), "hubble.sock")
+}
+
+// CiliumSocket is the Cilium agent's API socket (empty without Cilium).
+func (n *Node) CiliumSocket() string {
+	if n.cilium == nil {
+		return ""
+	}
+	return n.cilium.socket()
+}
+
+// CiliumLogTail returns the last lines of the Cilium agent's log.
+func (n *Node) CiliumLogTail(lines int) string {
+	if n.cilium == nil {
+		return ""
+	}
+	return tail(n.cilium.logPath, lines)
+}
+
+// CiliumLog is the Cilium agent's log file (empty without Cilium).
+func (n *Node) CiliumLog() string {
+	if n.cilium == nil {
+		return ""
+	}
+	return n.cilium.logPath
+}
+
+// ciliumAddrs splits the node's subnet: the first /24 links the node
+// (x.y.0.2) to the host (x.y.0.1), the second is the pod CIDR.
+func ciliumAddrs(subnet netip.Prefix) (node netip.Addr, pods netip.Prefix) {
+	b := subnet.Addr().As4()
+	return netip.AddrFrom4([4]byte{b[0], b[1], 0, 2}), netip.PrefixFrom(netip.AddrFrom4([4]byte{b[0], b[1], 1, 0}), 24)
+}
+
+// startCilium makes the node network namespace and starts the agent in
+// it. The node's subnet is already chosen: its first /24 links the node to
+// the host, the second is the pod CIDR.
+func (n *Node) startCilium(ctx context.Context, o Cilium) error {
+	if o.Config == nil || o.Agent == "" || o.CNI == "" || o.LibDir == "" {
+		return errors.New("cilium: config, agent, cni and lib dir are required")
+	}
+	for _, tool := range []string{"clang-19", "llc-19", "ip", "iptables", "ipset"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("cilium: %s is missing (make cilium-tools installs it): %w", tool, err)
+		}
+	}
+	c := &ciliumNode{
+		opts:    o,
+		dir:     filepath.Join("/run", "sidewall-cilium-"+n.id),
+		nsName:  "swcn-" + n.id,
+		hostVth: "swc" + n.id,
+		nodeIP:  n.hostIP,
+		podCIDR: n.podCIDR,
+		exited:  make(chan error, 1),
+	}
+	n.cilium = c
+	for _, d := range []string{c.stateDir(), c.bpffs(), c.cgroupDir(), filepath.Join(c.dir, "lib"), filepath.Join(c.dir, "bin")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("cilium: %w", err)
+		}
+	}
+	if err := c.mount("bpf", c.bpffs(), "bpf", 0); err != nil {
+		return err
+	}
+	// Cilium's cgroup root is the node's: its socket LB sits above the pods.
+	if err := c.mount(filepath.Join(n.mount, n.rootRel), c.cgroupDir(), "", unix.MS_BIND); err != nil {
+		return err
+	}
+	// The agent compiles its datapath with `clang` and `llc`.
+	for name, target := range map[string]string{"clang": "clang-19", "llc": "llc-19"} {
+		p, _ := exec.LookPath(target)
+		if err := os.Symlink(p, filepath.Join(c.dir, "bin", name)); err != nil {
+			return fmt.Errorf("cilium: %w", err)
+		}
+	}
+	if err := os.Symlink(filepath.Join(o.LibDir, "bpf"), filepath.Join(c.dir, "lib", "bpf")); err != nil {
+		return fmt.Errorf("cilium: %w", err)
+	}
+	if err := c.makeNodeNetns(n); err != nil {
+		return err
+	}
+	kubeconfig, err := c.relayAPI()
+	if err != nil {
+		return err
+	}
+	return c.startAgent(ctx, n, kubeconfig)
+}
+
+func (c *ciliumNode) mount(source, target, fstype string, flags uintptr) error {
+	if err := unix.Mount(source, target, fstype, flags, ""); err != nil {
+		return fmt.Errorf("cilium: mount %s on %s: %w", source, target, err)
+	}
+	c.mu.Lock()
+	c.mounted = append(c.mounted, target)
+	c.mu.Unlock()
+	return nil
+}
+
+// makeNodeNetns makes the node's network namespace, with eth0 on a veth to
+// the host. It has no default route: nothing leaves the node's subnet.
+func (c *ciliumNode) makeNodeNetns(n *Node) error {
+	ns, err := newNamedNetns(c.nsName)
+	if err != nil {
+		return fmt.Errorf("cilium: node network namespace: %w", err)
+	}
+	defer ns.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: c.hostVth},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("cilium: node veth: %w", err)
+	}
+	host, err := netlink.LinkByName(c.hostVth)
+	if err != nil {
+		return fmt.Errorf("cilium: node veth: %w", err)
+	}
+	disableIPv6(c.hostVth)
+	hostAddr := c.nodeIP.Prev()
+	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(hostAddr, 24)}); err != nil {
+		return fmt.Errorf("cilium: address %s: %w", c.hostVth, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return fmt.Errorf("cilium: bring up %s: %w", c.hostVth, err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("cilium: netlink in %s: %w", c.nsName, err)
+	}
+	defer h.Close()
+	for _, name := range []string{"lo", "eth0"} {
+		l, err := h.LinkByName(name)
+		if err == nil && name == "eth0" {
+			err = h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(c.nodeIP, 24)})
+		}
+		if err == nil {
+			err = h.LinkSetUp(l)
+		}
+		if err != nil {
+			return fmt.Errorf("cilium: set up %s in %s: %w", name, c.nsName, err)
+		}
+	}
+	return nil
+}
+
+// relayAPI listens on 127.0.0.1 inside the node's namespace and forwards
+// to the API server on the host's loopback, where envtest listens; it
+// returns a kubeconfig for the agent that points at the relay.
+func (c *ciliumNode) relayAPI() (string, error) {
+	u, err := url.Parse(c.opts.Config.Host)
+	if err != nil {
+		return "", fmt.Errorf("cilium: api server address %q: %w", c.opts.Config.Host, err)
+	}
+	l, err := listenInNetns(c.nsName, "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("cilium: api relay: %w", err)
+	}
+	c.relay = l
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				out, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				done := make(chan struct{}, 2)
+				go func() { io.Copy(out, in); done <- struct{}{} }()
+				go func() { io.Copy(in, out); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	cfg := c.opts.Config
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["node"] = &clientcmdapi.Cluster{
+		Server:                   "https://" + l.Addr().String(),
+		CertificateAuthorityData: cfg.CAData,
+		TLSServerName:            u.Hostname(),
+	}
+	kc.AuthInfos["node"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["node"] = &clientcmdapi.Context{Cluster: "node", AuthInfo: "node"}
+	kc.CurrentContext = "node"
+	path := filepath.Join(c.dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		return "", fmt.Errorf("cilium: write kubeconfig: %w", err)
+	}
+	return path, nil
+}
+
+// listenInNetns opens a TCP listener inside a named network namespace; the
+// socket stays there whichever thread accepts on it.
+func listenInNetns(name, addr string) (net.Listener, error) {
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		l, err := net.Listen("tcp", addr)
+		if serr := netns.Set(orig); serr != nil {
+			// The thread stays locked: the runtime retires it.
+			ch <- result{l, errors.Join(err, serr)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{l, err}
+	}()
+	r := <-ch
+	return r.l, r.err
+}
+
+func (c *ciliumNode) startAgent(ctx context.Context, n *Node, kubeconfig string) error {
+	kpr := "false"
+	if c.opts.KubeProxyReplacement {
+		kpr = "true"
+	}
+	c.logPath = filepath.Join(c.dir, "cilium-agent.log")
+	logFile, err := os.Create(c.logPath)
+	if err != nil {
+		return fmt.Errorf("cilium: %w", err)
+	}
+	defer logFile.Close()
+	args := []string{"netns", "exec", c.nsName, c.opts.Agent,
+		"--k8s-kubeconfig-path=" + kubeconfig,
+		"--bpf-root=" + c.bpffs(),
+		"--cgroup-root=" + c.cgroupDir(),
+		"--state-dir=" + c.stateDir(),
+		"--lib-dir=" + filepath.Join(c.dir, "lib"),
+		"--socket-path=" + c.socket(),
+		"--hubble-socket-path=" + filepath.Join(c.stateDir(), "hubble.sock"),
+		"--ipam=kubernetes",
+		"--routing-mode=native",
+		"--ipv4-native-routing-cidr=" + n.subnet.String(),
+		"--enable-ipv6=false",
+		"--devices=eth0",
+		"--kube-proxy-replacement=" + kpr,
+		"--enable-l7-proxy=false",
+		"--enable-hubble=true",
+		"--identity-allocation-mode=crd",
+		"--cluster-name=default",
+		"--cluster-id=0",
+		"--enable-health-checking=false",
+		"--enable-endpoint-health-checking=false",
+		"--cni-exclusive=false",
+		"--write-cni-conf-when-ready=",
+	}
+	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(),
+		"PATH="+filepath.Join(c.dir, "bin")+":"+os.Getenv("PATH"),
+		"K8S_NODE_NAME="+n.name,
+		"CILIUM_K8S_NAMESPACE=kube-system",
+	)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// The agent must not outlive the harness, even if it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("cilium: start agent: %w", err)
+	}
+	c.agent = cmd
+	go func() { c.exited <- cmd.Wait() }()
+	timeout := c.opts.ReadyTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	hc := c.client()
+	var last string
+	for {
+		status, err := c.health(ctx, hc)
+		if err == nil && status == "Ok" {
+			n.logf("node %s: cilium-agent ready after %s (log %s)", n.name, time.Since(start).Round(time.Second), c.logPath)
+			return nil
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = "state " + status
+		}
+		select {
+		case err := <-c.exited:
+			c.exited <- err
+			return fmt.Errorf("cilium: agent exited before it was ready: %v\n%s", err, tail(c.logPath, 30))
+		case <-ctx.Done():
+			return fmt.Errorf("cilium: agent not ready after %s (%s)\n%s", timeout, last, tail(c.logPath, 30))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// client speaks HTTP to the agent's API socket.
+func (c *ciliumNode) client() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", c.socket())
+		},
+	}}
+}
+
+// health returns the agent's own state from GET /v1/healthz (as `cilium-dbg
+// status` reports it).
+func (c *ciliumNode) health(ctx context.Context, hc *http.Client) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://cilium/v1/healthz", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Cilium struct {
+			State string `json:"state"`
+			Msg   string `json:"msg"`
+		} `json:"cilium"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return "", fmt.Errorf("healthz: %w", err)
+	}
+	if st.Cilium.State != "Ok" && st.Cilium.Msg != "" {
+		return st.Cilium.State + ": " + st.Cilium.Msg, nil
+	}
+	return st.Cilium.State, nil
+}
+
+// cni runs cilium-cni in the node's namespace, as kubelet's runtime does.
+func (c *ciliumNode) cni(command string, p *Pod) ([]byte, error) {
+	cmd := exec.Command("ip", "netns", "exec", c.nsName, c.opts.CNI)
+	cmd.Env = append(os.Environ(),
+		"CILIUM_SOCK="+c.socket(),
+		"CNI_COMMAND="+command,
+		"CNI_CONTAINERID="+p.sandboxID(),
+		"CNI_NETNS="+p.NetNSPath,
+		"CNI_IFNAME=eth0",
+		"CNI_PATH="+filepath.Dir(c.opts.CNI),
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+p.Namespace+";K8S_POD_NAME="+p.Name+";K8S_POD_UID="+string(p.UID),
+	)
+	cmd.Stdin = strings.NewReader(`{"cniVersion":"0.3.1","name":"cilium","type":"cilium-cni"}`)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("cilium-cni %s %s/%s: %w: %s%s", command, p.Namespace, p.Name, err, out, stderr.String())
+	}
+	return out, nil
+}
+
+// addPod gives the pod its network through cilium-cni ADD.
+func (c *ciliumNode) addPod(n *Node, p *Pod) error {
+	p.NetNSName = fmt.Sprintf("swln-%s-%s", n.id, p.UID)
+	p.NetNSPath = filepath.Join("/run/netns", p.NetNSName)
+	ns, err := newNamedNetns(p.NetNSName)
+	if err != nil {
+		p.NetNSName, p.NetNSPath = "", ""
+		return fmt.Errorf("create network namespace: %w", err)
+	}
+	ns.Close()
+	out, err := c.cni("ADD", p)
+	if err != nil {
+		return err
+	}
+	p.ciliumWired = true
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return fmt.Errorf("cilium-cni ADD result: %w: %s", err, out)
+	}
+	for _, ip := range res.IPs {
+		if pfx, err := netip.ParsePrefix(ip.Address); err == nil && pfx.Addr().Is4() {
+			p.IP = pfx.Addr()
+			return nil
+		}
+	}
+	return fmt.Errorf("cilium-cni ADD gave no IPv4 address: %s", out)
+}
+
+// delPod releases the pod's endpoint and address through cilium-cni DEL.
+func (c *ciliumNode) delPod(p *Pod) error {
+	if !p.ciliumWired {
+		return nil
+	}
+	_, err := c.cni("DEL", p)
+	if err == nil {
+		p.ciliumWired = false
+	}
+	return err
+}
+
+// stop stops the agent and removes what startCilium made.
+func (c *ciliumNode) stop() error {
+	var errs []error
+	if c.agent != nil && c.agent.Process != nil {
+		_ = syscall.Kill(-c.agent.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-c.exited:
+		case <-time.After(30 * time.Second):
+			_ = syscall.Kill(-c.agent.Process.Pid, syscall.SIGKILL)
+			<-c.exited
+		}
+		c.agent = nil
+	}
+	if c.relay != nil {
+		c.relay.Close()
+	}
+	if l, err := netlink.LinkByName(c.hostVth); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", c.hostVth, err))
+		}
+	}
+	if err := netns.DeleteNamed(c.nsName); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("delete network namespace %s: %w", c.nsName, err))
+	}
+	c.mu.Lock()
+	mounted := c.mounted
+	c.mounted = nil
+	c.mu.Unlock()
+	for i := len(mounted) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mounted[i], unix.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mounted[i], err))
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(c.dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tail returns the last lines of a file, for error messages.
+func tail(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
