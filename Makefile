@@ -87,7 +87,8 @@ $(BIN)/cilium-cni-$(CILIUM_VERSION):
 	cd hack/tools/cilium && $(GO) build -o $(CURDIR)/$@ github.com/cilium/cilium/plugins/cilium-cni
 
 $(BIN)/cilium-lib-$(CILIUM_VERSION):
-	@mkdir -p $@.tmp
+	@rm -rf $@.tmp && mkdir -p $@.tmp
+	cd hack/tools/cilium && $(GO) mod download github.com/cilium/cilium
 	cp -r "$$(cd hack/tools/cilium && $(GO) list -m -f '{{.Dir}}' github.com/cilium/cilium)/bpf" $@.tmp/bpf
 	chmod -R u+w $@.tmp
 	mv $@.tmp $@

@@ -9,6 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/agentnode"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 	"github.com/sidewall/sidewall/translator"
@@ -105,6 +109,76 @@ func TestCiliumNode(t *testing.T) {
 		n.Expect(web, "app", payments, "8080", true)
 	})
 
+	t.Run("restarts lose no enforcement", func(t *testing.T) {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := func(p *localnode.Pod, container string, args ...string) *localnode.Process {
+			t.Helper()
+			pr, err := n.Local.RunInContainer(p, container, append([]string{exe, helperArg}, args...))
+			if err != nil {
+				t.Fatalf("start %v in %s/%s: %v", args, p.Name, container, err)
+			}
+			t.Cleanup(func() { pr.Stop() })
+			return pr
+		}
+		denied := run(payments, "app", "sink", "9000")
+		control := run(payments, "app", "sink", "9001")
+		waitFor(t, "sinks ready", func() error {
+			if !strings.Contains(denied.Output(), "READY") || !strings.Contains(control.Output(), "READY") {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		// The sidecar streams to a port its policy denies, and Cilium
+		// allows: every datagram that arrives leaked through sidewall.
+		stream := run(web, "log-shipper", "stream", net.JoinHostPort(payments.IP.String(), "9000"))
+		// The app streams to one both allow: the path works throughout.
+		ctl := run(web, "app", "stream", net.JoinHostPort(payments.IP.String(), "9001"))
+		ctx := context.Background()
+		restartSidewall := func() error { n.StopAgent(); n.StartAgent(); return nil }
+		restartCilium := func() error { return n.Local.RestartCilium(ctx) }
+		steps := []struct {
+			name string
+			do   []func() error
+		}{
+			{"sidewall agent", []func() error{restartSidewall}},
+			{"cilium agent", []func() error{restartCilium}},
+			{"cilium, then sidewall", []func() error{restartCilium, restartSidewall}},
+			{"sidewall, then cilium", []func() error{restartSidewall, restartCilium}},
+		}
+		for _, st := range steps {
+			_, before := streamCounts(stream.Output())
+			for _, do := range st.do {
+				if err := do(); err != nil {
+					t.Fatalf("restart %s: %v", st.name, err)
+				}
+			}
+			time.Sleep(500 * time.Millisecond)
+			_, after := streamCounts(stream.Output())
+			if rx := received(denied.Output()); len(rx) > 0 {
+				t.Fatalf("restart %s: %d datagrams of the sidecar's denied stream arrived, want 0 (first: %s)", st.name, len(rx), rx[0])
+			}
+			if after <= before {
+				t.Fatalf("restart %s: the sidecar's stream stopped getting EPERM (%d -> %d): is it running?\n%s", st.name, before, after, stream.Output())
+			}
+			t.Logf("restart %s: %d denied sends, 0 arrived", st.name, after-before)
+		}
+		ctlRx := len(received(control.Output()))
+		waitFor(t, "the app's stream arrives after the restarts", func() error {
+			if n := len(received(control.Output())); n <= ctlRx {
+				return fmt.Errorf("%d datagrams, no new ones", n)
+			}
+			return nil
+		})
+		if sent, eperm := streamCounts(ctl.Output()); eperm != 0 || sent == 0 {
+			t.Errorf("the app's allowed stream: %d sent, %d EPERM; want all sent", sent, eperm)
+		}
+		n.Expect(web, "log-shipper", logging, "8080", true)
+		n.Expect(web, "log-shipper", payments, "8080", false)
+	})
+
 	t.Run("Cilium's default deny and sidewall's grant", func(t *testing.T) {
 		applyCNP(t, cc, n.Namespace, defaultDeny)
 		waitFor(t, "cilium-agent holds CNP default-deny", func() error {
@@ -124,6 +198,25 @@ func TestCiliumNode(t *testing.T) {
 			}
 			if errors.Is(err, syscall.EPERM) {
 				return fmt.Errorf("sidewall denied it (%v); Cilium should have", err)
+			}
+			return nil
+		})
+	})
+
+	t.Run("Cilium's Hubble shows the pod's flows", func(t *testing.T) {
+		bin, err := harness.Tool("hubble")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The drop of web/app -> payments:8080 above, as Cilium saw it.
+		waitFor(t, "a DROPPED flow from web to payments in Cilium's Hubble", func() error {
+			out, err := exec.Command(bin, "observe", "--server", "unix://"+n.Local.HubbleSocket(), "--last", "1000",
+				"--verdict", "DROPPED", "--from-pod", n.Namespace+"/web", "--to-pod", n.Namespace+"/payments", "-o", "json").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("hubble observe: %v: %s", err, out)
+			}
+			if !strings.Contains(string(out), `"DROPPED"`) || !strings.Contains(string(out), payments.IP.String()) {
+				return fmt.Errorf("no such flow yet: %.300s", out)
 			}
 			return nil
 		})

@@ -83,8 +83,9 @@ type ciliumNode struct {
 	nodeIP  netip.Addr
 	podCIDR netip.Prefix
 
-	relay   net.Listener
-	agent   *exec.Cmd
+	relay      net.Listener
+	kubeconfig string
+	agent      *exec.Cmd
 	exited  chan error
 	logPath string
 
@@ -185,11 +186,21 @@ func (n *Node) startCilium(ctx context.Context, o Cilium) error {
 	if err := c.makeNodeNetns(n); err != nil {
 		return err
 	}
-	kubeconfig, err := c.relayAPI()
-	if err != nil {
+	var err error
+	if c.kubeconfig, err = c.relayAPI(); err != nil {
 		return err
 	}
-	return c.startAgent(ctx, n, kubeconfig)
+	return c.startAgent(ctx, n)
+}
+
+// RestartCilium stops the node's cilium-agent and starts it again, as a
+// DaemonSet rollout does; its pins, endpoints and programs stay meanwhile.
+func (n *Node) RestartCilium(ctx context.Context) error {
+	if n.cilium == nil {
+		return errors.New("restart cilium: the node runs no Cilium")
+	}
+	n.cilium.stopAgent()
+	return n.cilium.startAgent(ctx, n)
 }
 
 func (c *ciliumNode) mount(source, target, fstype string, flags uintptr) error {
@@ -342,13 +353,14 @@ func listenInNetns(name, addr string) (net.Listener, error) {
 	return r.l, r.err
 }
 
-func (c *ciliumNode) startAgent(ctx context.Context, n *Node, kubeconfig string) error {
+func (c *ciliumNode) startAgent(ctx context.Context, n *Node) error {
+	kubeconfig := c.kubeconfig
 	kpr := "false"
 	if c.opts.KubeProxyReplacement {
 		kpr = "true"
 	}
 	c.logPath = filepath.Join(c.dir, "cilium-agent.log")
-	logFile, err := os.Create(c.logPath)
+	logFile, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("cilium: %w", err)
 	}
@@ -391,6 +403,7 @@ func (c *ciliumNode) startAgent(ctx context.Context, n *Node, kubeconfig string)
 		return fmt.Errorf("cilium: start agent: %w", err)
 	}
 	c.agent = cmd
+	c.exited = make(chan error, 1)
 	go func() { c.exited <- cmd.Wait() }()
 	timeout := c.opts.ReadyTimeout
 	if timeout == 0 {
@@ -525,19 +538,25 @@ func (c *ciliumNode) delPod(p *Pod) error {
 	return err
 }
 
+// stopAgent stops the agent with SIGTERM, as kubelet does, and waits.
+func (c *ciliumNode) stopAgent() {
+	if c.agent == nil || c.agent.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-c.agent.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		_ = syscall.Kill(-c.agent.Process.Pid, syscall.SIGKILL)
+		<-c.exited
+	}
+	c.agent = nil
+}
+
 // stop stops the agent and removes what startCilium made.
 func (c *ciliumNode) stop() error {
 	var errs []error
-	if c.agent != nil && c.agent.Process != nil {
-		_ = syscall.Kill(-c.agent.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-c.exited:
-		case <-time.After(30 * time.Second):
-			_ = syscall.Kill(-c.agent.Process.Pid, syscall.SIGKILL)
-			<-c.exited
-		}
-		c.agent = nil
-	}
+	c.stopAgent()
 	if c.relay != nil {
 		c.relay.Close()
 	}
