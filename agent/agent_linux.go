@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -65,6 +66,8 @@ type Agent struct {
 
 	pods     corelisters.PodLister
 	policies cache.Store
+	services corelisters.ServiceLister
+	slices   discoverylisters.EndpointSliceLister
 
 	ids     *IDs
 	applied map[uint32][]bpfext.Rule // rules written per policy id, nil before the first reconcile
@@ -178,6 +181,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	if _, err := polInf.AddEventHandler(handler); err != nil {
 		return fmt.Errorf("watch containernetworkpolicies: %w", err)
 	}
+	// Services of every namespace: a container may connect to any.
+	svcFactory := informers.NewSharedInformerFactory(a.cfg.Client, 0)
+	svcInf := svcFactory.Core().V1().Services()
+	sliceInf := svcFactory.Discovery().V1().EndpointSlices()
+	a.services, a.slices = svcInf.Lister(), sliceInf.Lister()
+	if _, err := svcInf.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("watch services: %w", err)
+	}
+	if _, err := sliceInf.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("watch endpointslices: %w", err)
+	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -186,10 +200,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { idErr <- a.cfg.Identities.Run(ctx) })
 	podFactory.Start(ctx.Done())
 	dynFactory.Start(ctx.Done())
+	svcFactory.Start(ctx.Done())
 	defer podFactory.Shutdown()
 	defer dynFactory.Shutdown()
+	defer svcFactory.Shutdown()
 
-	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, polInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, polInf.HasSynced,
+		svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced) {
 		return ctx.Err()
 	}
 	select {

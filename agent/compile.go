@@ -45,6 +45,8 @@ type Input struct {
 	Pods       []PodState
 	RuleSets   []*translator.RuleSet
 	Identities *identity.Snapshot
+	// Services are decided on their backends (services.go).
+	Services []Service
 }
 
 // CgroupInfo names what a classified cgroup is, for events and metrics.
@@ -226,6 +228,7 @@ func Compile(in Input, ids *IDs) *State {
 	for i := range pods {
 		c.pod(&pods[i])
 	}
+	c.services()
 	ids.adopted, ids.kept = nil, nil
 	release(ids.pods, c.used.pods)
 	release(ids.policies, c.used.policies)

@@ -117,7 +117,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 
-	in := Input{RuleSets: sets, Identities: a.cfg.Identities.Snapshot()}
+	services, err := a.serviceTable()
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	in := Input{RuleSets: sets, Identities: a.cfg.Identities.Snapshot(), Services: services}
 	var notReady int
 	for _, pod := range pods {
 		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {

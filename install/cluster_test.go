@@ -261,6 +261,13 @@ func TestAgentRBACLive(t *testing.T) {
 	} else {
 		w.Stop()
 	}
+	// Services and EndpointSlices of every namespace.
+	if _, err := kc.CoreV1().Services("").List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("list services: %v", err)
+	}
+	if _, err := kc.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("list endpointslices: %v", err)
+	}
 	dyn := dynamic.NewForConfigOrDie(cfg)
 	policies := dyn.Resource(v1alpha1.GroupVersion.WithResource("containernetworkpolicies"))
 	if _, err := policies.List(ctx, metav1.ListOptions{}); err != nil {

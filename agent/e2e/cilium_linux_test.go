@@ -18,7 +18,11 @@ import (
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sidewall/sidewall/hack/harness"
@@ -179,6 +183,30 @@ func TestCiliumNode(t *testing.T) {
 		n.Expect(web, "log-shipper", payments, "8080", false)
 	})
 
+	t.Run("Services are decided on their backends", func(t *testing.T) {
+		logSvc := createService(t, n, "logging", logging)
+		paySvc := createService(t, n, "payments", payments)
+		dial := func(p *localnode.Pod, container string, svc netip.AddrPort, allowed bool) {
+			t.Helper()
+			waitFor(t, fmt.Sprintf("%s/%s -> %s (allowed=%t)", p.Name, container, svc, allowed), func() error {
+				_, err := n.Local.Dial(context.Background(), p, container, "tcp", svc.String(), 2*time.Second)
+				switch {
+				case allowed && err != nil:
+					return err
+				case !allowed && !errors.Is(err, syscall.EPERM):
+					return fmt.Errorf("got %v, want EPERM", err)
+				}
+				return nil
+			})
+		}
+		// Cilium's socket LB runs after sidewall's connect hook, so the
+		// hook sees the ClusterIP: sidewall decides it on the backends.
+		dial(web, "log-shipper", logSvc, true)
+		dial(web, "log-shipper", paySvc, false)
+		dial(web, "app", paySvc, true)  // unrestricted: Cilium's LB works here
+		dial(web, "app", logSvc, false) // the sidecar's grant is exclusive
+	})
+
 	t.Run("Cilium's default deny and sidewall's grant", func(t *testing.T) {
 		applyCNP(t, cc, n.Namespace, defaultDeny)
 		waitFor(t, "cilium-agent holds CNP default-deny", func() error {
@@ -311,4 +339,35 @@ func waitFor(t *testing.T, what string, cond func() error) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// createService makes a ClusterIP Service on port 80 for a pod's port 8080
+// and its EndpointSlice (envtest runs no EndpointSlice controller), and
+// returns its address.
+func createService(t *testing.T, n *agentnode.Node, name string, backend *localnode.Pod) netip.AddrPort {
+	t.Helper()
+	ctx := context.Background()
+	svc, err := n.Client.CoreV1().Services(n.Namespace).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": name},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service %s: %v", name, err)
+	}
+	_, err = n.Client.DiscoveryV1().EndpointSlices(n.Namespace).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{
+			Addresses:  []string{backend.IP.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+		}},
+		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create endpointslice of %s: %v", name, err)
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
 }

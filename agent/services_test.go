@@ -1,0 +1,71 @@
+package agent
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/translator"
+)
+
+// A Service address is decided on its backends: reachable when the policy
+// allows every backend on its target port, denied when a rule denies any.
+func TestCompileServices(t *testing.T) {
+	rs := ruleSet(t, `
+metadata: {name: shipper}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [log-shipper]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+	backend := func(ip netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(ip, port) }
+	svc := func(name, vip string, backends ...netip.AddrPort) Service {
+		return Service{Namespace: "shop", Name: name, Addrs: []netip.Addr{netip.MustParseAddr(vip)},
+			Ports: []ServicePort{{Protocol: bpfext.ProtoTCP, Port: 80, Backends: backends}}}
+	}
+	services := []Service{
+		svc("a", "10.96.0.10", backend(ipA, 8080)),
+		svc("b", "10.96.0.20", backend(ipB, 8080)),
+		svc("mixed", "10.96.0.30", backend(ipA, 8080), backend(ipB, 8080)),
+		svc("a-other-port", "10.96.0.40", backend(ipA, 9090)),
+		svc("empty", "10.96.0.50"),
+	}
+	s := Compile(Input{Pods: []PodState{webPod(ipWeb.String())}, RuleSets: []*translator.RuleSet{rs}, Identities: snapshot(), Services: services}, NewIDs())
+
+	for _, sv := range services {
+		id, ok := s.Identities[netip.PrefixFrom(sv.Addrs[0], 32)]
+		if !ok || id < CIDRIdentityBase {
+			t.Errorf("service %s: address identity %d (found %t), want a local identity", sv.Name, id, ok)
+		}
+		if l := s.CIDRLabels[id]; !l.Has("k8s:io.kubernetes.service.name") {
+			t.Errorf("service %s: labels %v name no service", sv.Name, l)
+		}
+	}
+	const shipper, app = 101, 102
+	for _, c := range []struct {
+		cgroup  uint64
+		vip     string
+		allowed bool
+	}{
+		{shipper, "10.96.0.10", true},  // its one backend is granted
+		{shipper, "10.96.0.20", false}, // not granted: default deny
+		{shipper, "10.96.0.30", false}, // one backend is not granted
+		{shipper, "10.96.0.40", false}, // the backend's port is not granted
+		{shipper, "10.96.0.50", false}, // no backend
+		{app, "10.96.0.10", false},     // the sidecar's grant is exclusive
+		{app, "10.96.0.20", true},      // unrestricted
+		{app, "10.96.0.30", false},     // one backend is exclusive to the sidecar
+		{app, "10.96.0.40", true},      // unrestricted on that port
+	} {
+		got, why := datapathVerdict(s, c.cgroup, bpfext.Egress, false, 0, netip.MustParseAddr(c.vip), bpfext.ProtoTCP, 80)
+		if got != c.allowed {
+			t.Errorf("container cgroup %d -> %s:80: allowed=%t (%s), want %t", c.cgroup, c.vip, got, why, c.allowed)
+		}
+	}
+	// The backends themselves are decided as before.
+	if got, _ := datapathVerdict(s, shipper, bpfext.Egress, false, 0, ipA, bpfext.ProtoTCP, 8080); !got {
+		t.Error("log-shipper -> a:8080 denied")
+	}
+}
