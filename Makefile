@@ -91,6 +91,8 @@ $(BIN)/cilium-lib-$(CILIUM_VERSION):
 	cd hack/tools/cilium && $(GO) mod download github.com/cilium/cilium
 	cp -r "$$(cd hack/tools/cilium && $(GO) list -m -f '{{.Dir}}' github.com/cilium/cilium)/bpf" $@.tmp/bpf
 	chmod -R u+w $@.tmp
+	@# bpf/ holds Go test files: a go.mod of its own keeps them out of ./...
+	printf 'module cilium-bpf-sources\n' > $@.tmp/go.mod
 	mv $@.tmp $@
 
 $(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib: $(BIN)/%: $(BIN)/%-$(CILIUM_VERSION)
