@@ -86,8 +86,8 @@ type ciliumNode struct {
 	relay      net.Listener
 	kubeconfig string
 	agent      *exec.Cmd
-	exited  chan error
-	logPath string
+	exited     chan error
+	logPath    string
 
 	mu      sync.Mutex
 	mounted []string
