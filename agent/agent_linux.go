@@ -22,6 +22,8 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/cilium/cilium/pkg/option"
+
 	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/agent/identity"
@@ -56,6 +58,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Resync is the period of full reconciles; DefaultResync when 0.
 	Resync time.Duration
+	// AllowLocalhost is Cilium's allow-localhost option: auto (the
+	// default, always in Kubernetes, as Cilium), always, or policy (the
+	// host needs a rule to reach a container restricted on ingress).
+	AllowLocalhost string
 }
 
 // Agent is the node agent loop.
@@ -114,6 +120,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = DefaultResync
+	}
+	switch cfg.AllowLocalhost {
+	case "":
+		cfg.AllowLocalhost = option.AllowLocalhostAuto
+	case option.AllowLocalhostAuto, option.AllowLocalhostAlways, option.AllowLocalhostPolicy:
+	default:
+		return nil, fmt.Errorf("agent config: allow-localhost %q: must be %s, %s or %s", cfg.AllowLocalhost,
+			option.AllowLocalhostAuto, option.AllowLocalhostAlways, option.AllowLocalhostPolicy)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)

@@ -47,6 +47,10 @@ type Input struct {
 	Identities *identity.Snapshot
 	// Services are decided on their backends (services.go).
 	Services []Service
+	// HostByPolicy makes the local host need a rule to reach a container
+	// restricted on ingress, as Cilium's allow-localhost=policy. By default
+	// the host always may, as Cilium does in Kubernetes (kubelet probes).
+	HostByPolicy bool
 }
 
 // CgroupInfo names what a classified cgroup is, for events and metrics.
@@ -484,6 +488,13 @@ func (c *compiler) container(pod *corev1.Pod, sets []*translator.RuleSet, all []
 		ruleID := alloc(c.ids.rules, &c.ids.nextRule, key, c.used.rules)
 		c.out.RuleInfos[ruleID] = RuleInfo{Policy: s.rs.Policy, Origin: s.rule.Origin}
 		rules = append(rules, c.rules(s.rule, entry.PolicyID, ruleID, s.exclusive, all)...)
+	}
+	if ingress && !c.in.HostByPolicy {
+		// Cilium's allow-localhost: with ingress default deny, Cilium adds
+		// an ingress allow of the host (pkg/policy repository.go), so the
+		// kubelet's probes reach the pod. Deny rules still win.
+		rules = append(rules, bpfext.Rule{PolicyID: entry.PolicyID, Direction: bpfext.Ingress,
+			Peer: bpfext.IdentityHost, Action: bpfext.ActionAllow})
 	}
 	return entry, rules, refs
 }

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/cilium/cilium/pkg/option"
+
 	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/bpfext"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
@@ -121,7 +123,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list services: %w", err)
 	}
-	in := Input{RuleSets: sets, Identities: a.cfg.Identities.Snapshot(), Services: services}
+	in := Input{RuleSets: sets, Identities: a.cfg.Identities.Snapshot(), Services: services,
+		HostByPolicy: a.cfg.AllowLocalhost == option.AllowLocalhostPolicy}
 	var notReady int
 	for _, pod := range pods {
 		if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {

@@ -69,3 +69,34 @@ spec:
 		t.Error("log-shipper -> a:8080 denied")
 	}
 }
+
+// As Cilium's allow-localhost (always, in Kubernetes): the node reaches a
+// container restricted on ingress, so the kubelet's probes pass; with
+// allow-localhost=policy only a rule lets it.
+func TestCompileAllowsLocalhostIngress(t *testing.T) {
+	rs := ruleSet(t, `
+metadata: {name: admin}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [app]}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+	for _, byPolicy := range []bool{false, true} {
+		s := Compile(Input{Pods: []PodState{webPod(ipWeb.String())}, RuleSets: []*translator.RuleSet{rs}, Identities: snapshot(), HostByPolicy: byPolicy}, NewIDs())
+		const app = 102
+		if !s.Containers[app].IngressRestricted {
+			t.Fatalf("app entry %+v: want ingress restricted", s.Containers[app])
+		}
+		host := netip.MustParseAddr("192.0.2.1")
+		s.Identities[netip.PrefixFrom(host, 32)] = bpfext.IdentityHost
+		got, why := datapathVerdict(s, app, bpfext.Ingress, false, 0, host, bpfext.ProtoTCP, 8080)
+		if got == byPolicy {
+			t.Errorf("HostByPolicy=%t: host -> app:8080 allowed=%t (%s)", byPolicy, got, why)
+		}
+		if got, _ := datapathVerdict(s, app, bpfext.Ingress, false, 0, ipB, bpfext.ProtoTCP, 8080); got {
+			t.Errorf("HostByPolicy=%t: b -> app:8080 allowed: the ingress rule is not enforced", byPolicy)
+		}
+	}
+}

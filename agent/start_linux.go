@@ -71,6 +71,8 @@ type Options struct {
 	ClusterName string
 	// Resync is the period of full reconciles; DefaultResync when 0.
 	Resync time.Duration
+	// AllowLocalhost is Cilium's allow-localhost option (Config).
+	AllowLocalhost string
 	// Version is reported by the Hubble server.
 	Version string
 	// Logger receives the agent's logs; nil discards them.
@@ -157,6 +159,7 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	a, err := New(Config{
 		NodeName: o.NodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
 		Cgroups: resolver, Observer: obs, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
+		AllowLocalhost: o.AllowLocalhost,
 	})
 	if err != nil {
 		return nil, err
@@ -302,8 +305,12 @@ func (o *Options) identitySource(client kubernetes.Interface) (identity.Source, 
 			return nil, fmt.Errorf("cilium client: %w", err)
 		}
 		o.Logger.Info("identity source: cilium")
-		return identity.NewCiliumSource(cc, log), nil
+		src := identity.NewCiliumSource(cc, log)
+		src.LocalNode = o.NodeName
+		return src, nil
 	}
 	o.Logger.Info("identity source: local")
-	return identity.NewPodSource(client, nil, o.ClusterName, log), nil
+	src := identity.NewPodSource(client, nil, o.ClusterName, log)
+	src.LocalNode = o.NodeName
+	return src, nil
 }

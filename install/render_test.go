@@ -144,10 +144,10 @@ var agentCalls = map[string][]rbacv1.PolicyRule{
 		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	},
 	"cilium": {
-		{APIGroups: []string{"cilium.io"}, Resources: []string{"ciliumendpoints", "ciliumidentities"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"cilium.io"}, Resources: []string{"ciliumendpoints", "ciliumidentities", "ciliumnodes"}, Verbs: []string{"list", "watch"}},
 	},
 	"local": {
-		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "nodes"}, Verbs: []string{"list", "watch"}},
 	},
 }
 

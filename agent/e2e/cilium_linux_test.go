@@ -207,6 +207,33 @@ func TestCiliumNode(t *testing.T) {
 		dial(web, "app", logSvc, false) // the sidecar's grant is exclusive
 	})
 
+	t.Run("the node's probes reach a container restricted on ingress", func(t *testing.T) {
+		n.ApplyPolicy(`
+metadata: {name: logging-ingress}
+spec:
+  podSelector: {matchLabels: {app: logging}}
+  containers: {names: [app]}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+		addr := net.JoinHostPort(logging.IP.String(), "8080")
+		// payments may not reach it: the ingress rule is enforced...
+		waitFor(t, "payments/app -> logging:8080 refused by logging's ingress rule", func() error {
+			if err := n.Dial(payments, "app", logging, "8080"); err == nil {
+				return errors.New("connected")
+			}
+			return nil
+		})
+		// ...and the node still may, as Cilium lets the local host reach
+		// its pods (allow-localhost): kubelet's probes keep the pod Ready.
+		waitFor(t, "node -> logging:8080 (a kubelet probe)", func() error {
+			return n.Local.DialFromNode(context.Background(), addr, 2*time.Second)
+		})
+		n.Expect(web, "log-shipper", logging, "8080", true)
+		n.DeletePolicy("logging-ingress")
+	})
+
 	t.Run("Cilium's default deny and sidewall's grant", func(t *testing.T) {
 		applyCNP(t, cc, n.Namespace, defaultDeny)
 		waitFor(t, "cilium-agent holds CNP default-deny", func() error {

@@ -23,6 +23,9 @@ type CiliumSource struct {
 	*store
 	client versioned.Interface
 	log    *slog.Logger
+	// LocalNode is this node's name: its CiliumNode's addresses are host,
+	// other nodes' remote-node. Set it before Run.
+	LocalNode string
 
 	// under store.mu
 	fromIdentity map[NumericIdentity]labels.LabelArray // CiliumIdentity security-labels
@@ -59,11 +62,16 @@ func (s *CiliumSource) Changed() <-chan struct{} { return s.changed }
 // Snapshot returns the current peers and identities.
 func (s *CiliumSource) Snapshot() *Snapshot { return s.snapshot() }
 
-// Run watches CiliumEndpoints and CiliumIdentities until ctx is done.
+// Run watches CiliumEndpoints, CiliumIdentities and CiliumNodes until ctx
+// is done.
 func (s *CiliumSource) Run(ctx context.Context) error {
 	factory := externalversions.NewSharedInformerFactory(s.client, 0)
 	cepInf := factory.Cilium().V2().CiliumEndpoints().Informer()
 	cidInf := factory.Cilium().V2().CiliumIdentities().Informer()
+	nodeInf := factory.Cilium().V2().CiliumNodes().Informer()
+	if _, err := nodeInf.AddEventHandler(s.nodeHandler(s.LocalNode, ciliumNodeAddresses)); err != nil {
+		return fmt.Errorf("watch ciliumnodes: %w", err)
+	}
 	if _, err := cepInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.endpointChanged(obj) },
 		UpdateFunc: func(_, obj any) { s.endpointChanged(obj) },
@@ -80,7 +88,7 @@ func (s *CiliumSource) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), cepInf.HasSynced, cidInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), cepInf.HasSynced, cidInf.HasSynced, nodeInf.HasSynced) {
 		return ctx.Err()
 	}
 	s.markSynced()

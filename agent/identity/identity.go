@@ -120,6 +120,7 @@ type Source interface {
 type store struct {
 	mu         sync.Mutex
 	owners     map[string][]netip.Addr // object key -> IPs it set
+	ipOwner    map[netip.Addr]string   // IP -> the object key that set it
 	peers      map[netip.Addr]Peer
 	identities map[NumericIdentity]labels.LabelArray
 	snap       *Snapshot
@@ -131,6 +132,7 @@ type store struct {
 func newStore() *store {
 	return &store{
 		owners:     map[string][]netip.Addr{},
+		ipOwner:    map[netip.Addr]string{},
 		peers:      map[netip.Addr]Peer{},
 		identities: map[NumericIdentity]labels.LabelArray{},
 		changed:    make(chan struct{}, 1),
@@ -142,8 +144,9 @@ func newStore() *store {
 // Caller holds s.mu.
 func (s *store) setPeersLocked(key string, peers []Peer) {
 	for _, ip := range s.owners[key] {
-		if p, ok := s.peers[ip]; ok && p.Namespace+"/"+p.Name == key {
+		if s.ipOwner[ip] == key {
 			delete(s.peers, ip)
+			delete(s.ipOwner, ip)
 		}
 	}
 	delete(s.owners, key)
@@ -153,10 +156,28 @@ func (s *store) setPeersLocked(key string, peers []Peer) {
 	ips := make([]netip.Addr, 0, len(peers))
 	for _, p := range peers {
 		p.IP = p.IP.Unmap()
+		// The last writer takes an address over (setNodeLocked never
+		// takes a pod's or an endpoint's).
+		if owner, ok := s.ipOwner[p.IP]; ok && owner != key {
+			s.removeIPLocked(owner, p.IP)
+		}
 		s.peers[p.IP] = p
+		s.ipOwner[p.IP] = key
 		ips = append(ips, p.IP)
 	}
 	s.owners[key] = ips
+}
+
+// removeIPLocked drops ip from what owner holds, when another object
+// takes it.
+func (s *store) removeIPLocked(owner string, ip netip.Addr) {
+	ips := s.owners[owner]
+	for i, x := range ips {
+		if x == ip {
+			s.owners[owner] = append(ips[:i:i], ips[i+1:]...)
+			break
+		}
+	}
 }
 
 // notifyLocked drops the cached snapshot and signals a change. Caller holds

@@ -60,6 +60,9 @@ type PodSource struct {
 	alloc       *Allocator
 	clusterName string
 	log         *slog.Logger
+	// LocalNode is this node's name: its Node's addresses are host, other
+	// nodes' remote-node. Set it before Run.
+	LocalNode string
 
 	// under store.mu
 	podLabels map[string]labels.LabelArray // pod key -> labels it holds a reference on
@@ -104,11 +107,15 @@ func (s *PodSource) Changed() <-chan struct{} { return s.changed }
 // Snapshot returns the current peers and identities.
 func (s *PodSource) Snapshot() *Snapshot { return s.snapshot() }
 
-// Run watches pods and namespaces until ctx is done.
+// Run watches pods, namespaces and nodes until ctx is done.
 func (s *PodSource) Run(ctx context.Context) error {
 	factory := informers.NewSharedInformerFactory(s.client, 0)
 	podInf := factory.Core().V1().Pods().Informer()
 	nsInf := factory.Core().V1().Namespaces().Informer()
+	nodeInf := factory.Core().V1().Nodes().Informer()
+	if _, err := nodeInf.AddEventHandler(s.nodeHandler(s.LocalNode, nodeAddresses)); err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
 	s.mu.Lock()
 	s.pods, s.nss = podInf.GetIndexer(), nsInf.GetIndexer()
 	s.mu.Unlock()
@@ -128,7 +135,7 @@ func (s *PodSource) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced, nsInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced, nsInf.HasSynced, nodeInf.HasSynced) {
 		return ctx.Err()
 	}
 	s.markSynced()

@@ -23,6 +23,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/cilium/cilium/pkg/option"
+
 	"github.com/sidewall/sidewall/agent"
 	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/agent/hubble"
@@ -59,6 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		idSource     = flag.String("identity-source", "auto", "peer identities: cilium (CiliumEndpoints), local (allocated from pod labels) or auto (cilium when its CRDs are served)")
 		clusterName  = flag.String("cluster-name", identity.DefaultClusterName, "Cilium cluster name (for the cluster entity and local identities)")
 		resync       = flag.Duration("resync", agent.DefaultResync, "period of full reconciles")
+		allowLocal   = flag.String("allow-localhost", option.AllowLocalhostAuto, "as Cilium's: when the local host may reach a container restricted on ingress (kubelet probes): auto (always in Kubernetes), always, or policy (only by a rule)")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 	)
 	if err := flag.Parse(args); err != nil {
@@ -106,6 +109,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Cgroups:      cgroups.Config{Mount: *cgroupMount, Parent: *cgroupParent, Root: *kubepods, Driver: cgroups.Driver(*driver)},
 		HubbleSocket: *hubbleSock, HubbleAddress: *hubbleAddr, MetricsAddress: metricsAddr,
 		IdentitySource: *idSource, ClusterName: *clusterName, Resync: *resync, Version: version, Logger: log,
+		AllowLocalhost: *allowLocal,
 	})
 	if err == nil {
 		err = n.Wait()

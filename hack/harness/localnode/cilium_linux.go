@@ -597,3 +597,68 @@ func tail(path string, lines int) string {
 	}
 	return strings.Join(ls, "\n")
 }
+
+// DialFromNode connects to addr from the node itself, as the kubelet's
+// probes do: from the node's network namespace with Cilium, else from the
+// host (the bridge's address). It sends a line and waits for the answer of
+// a Listen server, and returns the error the connection got.
+func (n *Node) DialFromNode(ctx context.Context, addr string, timeout time.Duration) error {
+	var c net.Conn
+	var err error
+	if n.cilium == nil {
+		c, err = (&net.Dialer{Timeout: timeout}).DialContext(ctx, "tcp", addr)
+	} else {
+		c, err = dialInNetns(n.cilium.nsName, addr, timeout)
+	}
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(c, "probe\n"); err != nil {
+		return err
+	}
+	buf := make([]byte, 256)
+	_, err = c.Read(buf)
+	return err
+}
+
+// dialInNetns connects from inside a named network namespace.
+func dialInNetns(name, addr string, timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if serr := netns.Set(orig); serr != nil {
+			ch <- result{c, errors.Join(err, serr)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
