@@ -64,8 +64,8 @@ func TestNodesAreHostAndRemoteNode(t *testing.T) {
 			"192.0.2.2": ciliumidentity.ReservedIdentityRemoteNode, "192.0.2.20": ciliumidentity.ReservedIdentityRemoteNode,
 		}},
 	} {
+		runSource(t, c.src) // until the test ends: the deletion below needs it
 		t.Run(c.name, func(t *testing.T) {
-			runSource(t, c.src)
 			eventually(t, c.src, "node identities", func(s *Snapshot) error {
 				for ip, want := range c.want {
 					got, err := peerIdentity(s, ip)
