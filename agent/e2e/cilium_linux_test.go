@@ -207,6 +207,67 @@ func TestCiliumNode(t *testing.T) {
 		dial(web, "app", logSvc, false) // the sidecar's grant is exclusive
 	})
 
+	t.Run("DNS through the kube-dns Service", func(t *testing.T) {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		dnsPod, err := n.Local.RunPod(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "coredns-" + agentnode.RandHex(3), Labels: map[string]string{"k8s-app": "kube-dns"}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "coredns"}}},
+		})
+		if err != nil {
+			t.Fatalf("run dns pod: %v", err)
+		}
+		logSvc := createService(t, n, "logging-by-name", logging)
+		name := "logging-by-name." + n.Namespace + ".svc.cluster.local"
+		srv, err := n.Local.RunInContainer(dnsPod, "coredns", []string{exe, helperArg, "dns", name + "=" + logSvc.Addr().String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Stop() })
+		waitFor(t, "dns server ready", func() error {
+			if !strings.Contains(srv.Output(), "READY") {
+				return fmt.Errorf("not yet: %s", srv.Output())
+			}
+			return nil
+		})
+		kubeDNS := createServiceIn(t, n, "kube-system", "kube-dns-"+agentnode.RandHex(3), dnsPod, "dns", corev1.ProtocolUDP, 53, 53)
+		resolve := func(container string) (string, error) {
+			pr, err := n.Local.RunInContainer(web, container, []string{exe, helperArg, "resolve", kubeDNS.String(), name})
+			if err != nil {
+				return "", err
+			}
+			err = pr.Wait()
+			return strings.TrimSpace(pr.Output()), err
+		}
+		// The sidecar may not reach kube-dns yet: refused at once.
+		waitFor(t, "log-shipper's lookup refused", func() error {
+			out, _ := resolve("log-shipper")
+			if !strings.HasPrefix(out, "EPERM") {
+				return fmt.Errorf("got %q, want EPERM", out)
+			}
+			return nil
+		})
+		// Allowed kube-dns (by its labels, in its namespace), it resolves
+		// through the Service and reaches the name's Service.
+		n.ApplyPolicy(shipperPolicy + `
+  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+`)
+		waitFor(t, "log-shipper resolves "+name, func() error {
+			out, err := resolve("log-shipper")
+			if err != nil || out != "ANSWER "+logSvc.Addr().String() {
+				return fmt.Errorf("got %q (%v), want ANSWER %s", out, err, logSvc.Addr())
+			}
+			return nil
+		})
+		if _, err := n.Local.Dial(ctx, web, "log-shipper", "tcp", logSvc.String(), 2*time.Second); err != nil {
+			t.Errorf("log-shipper -> %s (resolved) :80: %v", name, err)
+		}
+	})
+
 	t.Run("the node's probes reach a container restricted on ingress", func(t *testing.T) {
 		n.ApplyPolicy(`
 metadata: {name: logging-ingress}
@@ -369,32 +430,42 @@ func waitFor(t *testing.T, what string, cond func() error) {
 }
 
 // createService makes a ClusterIP Service on port 80 for a pod's port 8080
-// and its EndpointSlice (envtest runs no EndpointSlice controller), and
-// returns its address.
+// and its EndpointSlice, and returns its address.
 func createService(t *testing.T, n *agentnode.Node, name string, backend *localnode.Pod) netip.AddrPort {
 	t.Helper()
+	return createServiceIn(t, n, n.Namespace, name, backend, "http", corev1.ProtocolTCP, 80, 8080)
+}
+
+// createServiceIn makes a ClusterIP Service with one port and its
+// EndpointSlice (envtest runs no EndpointSlice controller), and returns its
+// address.
+func createServiceIn(t *testing.T, n *agentnode.Node, ns, name string, backend *localnode.Pod, portName string, proto corev1.Protocol, port, target int32) netip.AddrPort {
+	t.Helper()
 	ctx := context.Background()
-	svc, err := n.Client.CoreV1().Services(n.Namespace).Create(ctx, &corev1.Service{
+	svc, err := n.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": name},
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+			Ports: []corev1.ServicePort{{Name: portName, Port: port, TargetPort: intstr.FromInt32(target), Protocol: proto}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("create service %s: %v", name, err)
+		t.Fatalf("create service %s/%s: %v", ns, name, err)
 	}
-	_, err = n.Client.DiscoveryV1().EndpointSlices(n.Namespace).Create(ctx, &discoveryv1.EndpointSlice{
+	t.Cleanup(func() { _ = n.Client.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	_, err = n.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{
 			Addresses:  []string{backend.IP.String()},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
 		}},
-		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Ports: []discoveryv1.EndpointPort{{Name: ptr.To(portName), Port: ptr.To(target), Protocol: ptr.To(proto)}},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("create endpointslice of %s: %v", name, err)
+		t.Fatalf("create endpointslice of %s/%s: %v", ns, name, err)
 	}
-	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
+	t.Cleanup(func() {
+		_ = n.Client.DiscoveryV1().EndpointSlices(ns).Delete(context.Background(), name+"-1", metav1.DeleteOptions{})
+	})
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), uint16(port))
 }
