@@ -84,6 +84,10 @@ type Agent struct {
 	ready    atomic.Bool
 	watcher  *cgroups.Watcher
 	watched  map[types.UID]bool
+	// attachFailed holds the pod cgroups whose last Attach failed, and
+	// attachReported those already reported (reconcile only).
+	attachFailed   map[uint64]error
+	attachReported map[uint64]bool
 	// failClosed holds the pods failing closed after the last reconcile,
 	// with the reason, so a pod is logged when it starts and stops.
 	failClosed map[types.UID]string
@@ -141,11 +145,13 @@ func New(cfg Config) (*Agent, error) {
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sidewall-agent"}),
-		ids:        NewIDs(),
-		ruleSets:   map[types.UID]cachedRuleSet{},
-		watched:    map[types.UID]bool{},
-		firstSeen:  map[uint64]time.Time{},
-		classified: map[uint64]types.UID{},
+		ids:            NewIDs(),
+		ruleSets:       map[types.UID]cachedRuleSet{},
+		watched:        map[types.UID]bool{},
+		firstSeen:      map[uint64]time.Time{},
+		classified:     map[uint64]types.UID{},
+		attachFailed:   map[uint64]error{},
+		attachReported: map[uint64]bool{},
 	}
 	a.tables = a.newTables()
 	return a, nil

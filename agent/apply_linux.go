@@ -2,10 +2,13 @@ package agent
 
 import (
 	"errors"
+
 	"fmt"
 	"net/netip"
 	"slices"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sidewall/sidewall/bpfext"
 )
@@ -110,25 +113,32 @@ func (a *Agent) newTables() tables {
 			update: func(m map[uint64]bpfext.Container) error { return dp.UpsertContainers(valuesOf(m)) },
 			delete: dp.DeleteContainers,
 		},
-		// An attachment is there or not; its path is needed only to attach.
+		// An attachment is complete or not; its path is needed only to
+		// attach. One that failed halfway is attached again until every
+		// hook is there (Attach adds the missing ones).
 		attached: mapSync[uint64, string]{
 			what: "attachments",
 			list: func() (map[uint64]string, error) {
-				cgs, err := dp.Attached()
-				out := make(map[uint64]string, len(cgs))
-				for _, cg := range cgs {
+				as, err := dp.Attachments()
+				out := make(map[uint64]string, len(as))
+				for cg, complete := range as {
 					out[cg] = ""
+					if !complete {
+						out[cg] = partialAttachment
+					}
 				}
 				return out, err
 			},
-			equal: func(string, string) bool { return true },
+			equal: func(have, _ string) bool { return have != partialAttachment },
 			update: func(m map[uint64]string) error {
 				var errs []error
 				for cg, path := range m {
 					if _, err := dp.Attach(path); err != nil {
 						errs = append(errs, err)
+						a.attachFailed[cg] = err
 						continue
 					}
+					delete(a.attachFailed, cg)
 					a.log.Info("attached pod cgroup", "path", path, "cgroup", cg)
 				}
 				return errors.Join(errs...)
@@ -147,6 +157,10 @@ func (a *Agent) newTables() tables {
 		},
 	}
 }
+
+// partialAttachment marks, in the attachments table, a cgroup whose
+// attachment failed halfway.
+const partialAttachment = "partial"
 
 // changedRules reads which policies' rules desired adds or changes: those
 // this agent has not written as they are now. fit and apply both work on
@@ -214,6 +228,7 @@ func (a *Agent) apply(desired *State, changed map[uint32][]bpfext.Rule, pods []P
 	if _, err := t.attached.sync(desired.Attach); err != nil {
 		errs = append(errs, err)
 	}
+	a.reportAttachFailures(pods)
 
 	// 4. Deletions.
 	if _, err := t.attached.prune(desired.Attach); err != nil {
@@ -257,4 +272,41 @@ func valuesOf[K comparable, V any](m map[K]V) []V {
 		out = append(out, v)
 	}
 	return out
+}
+
+// reportAttachFailures logs, counts and records an Event on a pod whose
+// cgroup could not be attached, once per failure; the reconcile that
+// failed is retried with backoff until every hook is attached.
+func (a *Agent) reportAttachFailures(pods []PodState) {
+	live := make(map[uint64]bool, len(pods))
+	for _, ps := range pods {
+		live[ps.CgroupID] = true
+	}
+	for cg := range a.attachFailed {
+		if !live[cg] {
+			delete(a.attachFailed, cg)
+			delete(a.attachReported, cg)
+		}
+	}
+	for _, ps := range pods {
+		err, failed := a.attachFailed[ps.CgroupID]
+		switch {
+		case failed && !a.attachReported[ps.CgroupID]:
+			a.attachReported[ps.CgroupID] = true
+			a.cfg.Metrics.attachErrors.Inc()
+			a.log.Error("pod cgroup not attached: its containers are not enforced until it is; retrying",
+				"pod", ps.Pod.Namespace+"/"+ps.Pod.Name, "cgroup", ps.CgroupID, "err", err)
+			if a.cfg.Events != nil {
+				a.cfg.Events.Eventf(ps.Pod, nil, corev1.EventTypeWarning, EventReasonAttachFailed, EventActionAttach,
+					"sidewall-agent on %s: cannot attach the datapath to the pod's cgroup (%v); its containers are not enforced until it is, retrying", a.cfg.NodeName, err)
+			}
+		case !failed && a.attachReported[ps.CgroupID]:
+			delete(a.attachReported, ps.CgroupID)
+			a.log.Info("pod cgroup attached after a failure", "pod", ps.Pod.Namespace+"/"+ps.Pod.Name, "cgroup", ps.CgroupID)
+			if a.cfg.Events != nil {
+				a.cfg.Events.Eventf(ps.Pod, nil, corev1.EventTypeNormal, EventReasonEnforced, EventActionAttach,
+					"sidewall-agent on %s: the datapath is attached to the pod's cgroup", a.cfg.NodeName)
+			}
+		}
+	}
 }

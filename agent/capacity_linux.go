@@ -146,7 +146,7 @@ func (a *Agent) reportFailClosed(desired *State, pods []PodState) {
 func (a *Agent) capacityNote() string {
 	n, err := a.cfg.Datapath.MapEntries()
 	var parts []string
-	for _, m := range []string{bpfext.MapRules, "sw_policies"} {
+	for _, m := range []string{bpfext.MapRules, bpfext.MapPolicies} {
 		if err != nil {
 			parts = append(parts, fmt.Sprintf("%s capacity %d", m, a.cfg.Datapath.Capacity(m)))
 			continue

@@ -19,6 +19,8 @@ const (
 	EventReasonEnforced     = "Enforced"
 	EventActionFailClosed   = "FailClosed"
 	EventActionEnforce      = "Enforce"
+	EventReasonAttachFailed = "AttachFailed"
+	EventActionAttach       = "Attach"
 	maxReportingInstanceLen = 128 // events.k8s.io validation limit
 )
 

@@ -21,6 +21,7 @@ type Metrics struct {
 	timeToClassify    prometheus.Histogram
 	reconcileDuration prometheus.Histogram
 	reconcileErrors   prometheus.Counter
+	attachErrors      prometheus.Counter
 	policyErrors      prometheus.Counter
 	podsFailClosed    *prometheus.GaugeVec
 }
@@ -57,6 +58,10 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "sidewall_reconcile_errors_total",
 			Help: "Reconciles that failed (retried with backoff).",
 		}),
+		attachErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidewall_attach_errors_total",
+			Help: "Pod cgroups the datapath could not be attached to (each retried until attached; an Event names the pod).",
+		}),
 		policyErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidewall_policy_errors_total",
 			Help: "ContainerNetworkPolicies skipped because they could not be translated.",
@@ -66,7 +71,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Help: "Selected pods whose restricted containers deny everything instead of running their policy, by reason (map_full: the datapath maps cannot hold the policy).",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.policyErrors, m.podsFailClosed)
+	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.attachErrors, m.policyErrors, m.podsFailClosed)
 	return m
 }
 

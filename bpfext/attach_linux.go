@@ -18,17 +18,22 @@ type entryHook struct {
 	prog   func(d *Datapath) *ebpf.Program
 }
 
-// entryHooks are attached to every pod cgroup, in this order.
+// entryHooks are attached to every pod cgroup, in this order: cgroup_skb
+// first, since it alone is authoritative; the socket hooks after it only
+// make a deny prompt (EPERM at connect/sendto) and record bound ports.
 var entryHooks = []entryHook{
-	{"bind4", ebpf.AttachCGroupInet4Bind, func(d *Datapath) *ebpf.Program { return d.sock.SwBind4 }},
-	{"bind6", ebpf.AttachCGroupInet6Bind, func(d *Datapath) *ebpf.Program { return d.sock.SwBind6 }},
+	{"egress", ebpf.AttachCGroupInetEgress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryEgress }},
+	{"ingress", ebpf.AttachCGroupInetIngress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryIngress }},
 	{"connect4", ebpf.AttachCGroupInet4Connect, func(d *Datapath) *ebpf.Program { return d.sock.SwEntryConnect4 }},
 	{"connect6", ebpf.AttachCGroupInet6Connect, func(d *Datapath) *ebpf.Program { return d.sock.SwEntryConnect6 }},
 	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(d *Datapath) *ebpf.Program { return d.sock.SwEntrySendmsg4 }},
 	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(d *Datapath) *ebpf.Program { return d.sock.SwEntrySendmsg6 }},
-	{"egress", ebpf.AttachCGroupInetEgress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryEgress }},
-	{"ingress", ebpf.AttachCGroupInetIngress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryIngress }},
+	{"bind4", ebpf.AttachCGroupInet4Bind, func(d *Datapath) *ebpf.Program { return d.sock.SwBind4 }},
+	{"bind6", ebpf.AttachCGroupInet6Bind, func(d *Datapath) *ebpf.Program { return d.sock.SwBind6 }},
 }
+
+// attachFault, when set (tests only), fails the attachment of a hook.
+var attachFault func(hook string) error
 
 // CgroupID returns the cgroup v2 id of a cgroup directory: its inode number.
 func CgroupID(cgroupPath string) (uint64, error) {
@@ -51,7 +56,9 @@ func (d *Datapath) linkDir(cgid uint64) string {
 // bpf_link (multi-attach: they run next to Cilium's and systemd's programs)
 // and pins the links, so the attachment outlives this process. It covers
 // every cgroup below the pod's, present and future. Attaching a cgroup that
-// is already attached only adds missing hooks.
+// is already attached only adds missing hooks, so a cgroup whose attachment
+// failed halfway is completed by the next Attach; Attachments tells which
+// are complete.
 func (d *Datapath) Attach(cgroupPath string) (uint64, error) {
 	cgid, err := CgroupID(cgroupPath)
 	if err != nil {
@@ -66,7 +73,13 @@ func (d *Datapath) Attach(cgroupPath string) (uint64, error) {
 		if _, err := os.Stat(pin); err == nil {
 			continue
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog(d)})
+		var l link.Link
+		if attachFault != nil {
+			err = attachFault(h.name)
+		}
+		if err == nil {
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog(d)})
+		}
 		if err != nil {
 			return cgid, fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroupPath, err)
 		}
@@ -112,6 +125,28 @@ func (d *Datapath) DetachID(cgid uint64) error {
 		errs = append(errs, fmt.Errorf("remove link dir of cgroup %d: %w", cgid, err))
 	}
 	return errors.Join(errs...)
+}
+
+// Attachments returns the cgroups with pinned sidewall links, each with
+// whether every entry hook is attached (false: an attachment failed
+// halfway, and Attach must complete it).
+func (d *Datapath) Attachments() (map[uint64]bool, error) {
+	ids, err := d.Attached()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint64]bool, len(ids))
+	for _, id := range ids {
+		complete := true
+		for _, h := range entryHooks {
+			if _, err := os.Stat(filepath.Join(d.linkDir(id), h.name)); err != nil {
+				complete = false
+				break
+			}
+		}
+		out[id] = complete
+	}
+	return out, nil
 }
 
 // Attached returns the ids of the cgroups with pinned sidewall links, for
