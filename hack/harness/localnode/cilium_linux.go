@@ -313,44 +313,49 @@ func (c *ciliumNode) relayAPI() (string, error) {
 
 // listenInNetns opens a TCP listener inside a named network namespace; the
 // socket stays there whichever thread accepts on it.
-func listenInNetns(name, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
+func listenInNetns(name, addr string) (l net.Listener, err error) {
+	err = inNetns(name, func() error {
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
+}
+
+// inNetns runs fn on a locked thread inside a named network namespace: a
+// socket fn opens stays in it. A thread that cannot move back stays locked
+// and the runtime retires it.
+func inNetns(name string, fn func() error) error {
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
 		defer orig.Close()
 		target, err := netns.GetFromName(name)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
-		l, err := net.Listen("tcp", addr)
+		err = fn()
 		if serr := netns.Set(orig); serr != nil {
-			// The thread stays locked: the runtime retires it.
-			ch <- result{l, errors.Join(err, serr)}
+			errc <- errors.Join(err, serr)
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{l, err}
+		errc <- err
 	}()
-	r := <-ch
-	return r.l, r.err
+	return <-errc
 }
 
 func (c *ciliumNode) startAgent(ctx context.Context, n *Node) error {
@@ -624,41 +629,10 @@ func (n *Node) DialFromNode(ctx context.Context, addr string, timeout time.Durat
 }
 
 // dialInNetns connects from inside a named network namespace.
-func dialInNetns(name, addr string, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		c, err := net.DialTimeout("tcp", addr, timeout)
-		if serr := netns.Set(orig); serr != nil {
-			ch <- result{c, errors.Join(err, serr)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+func dialInNetns(name, addr string, timeout time.Duration) (c net.Conn, err error) {
+	err = inNetns(name, func() error {
+		c, err = net.DialTimeout("tcp", addr, timeout)
+		return err
+	})
+	return c, err
 }
