@@ -21,7 +21,9 @@ type Config struct {
 	// cgroup, as a path relative to Mount. Empty: the root of the hierarchy.
 	Parent string
 	// Root is the kubepods cgroup itself, relative to Mount. Empty: probe
-	// Parent for "kubepods.slice" (systemd driver) and "kubepods" (cgroupfs).
+	// Parent for "kubepods.slice" (systemd driver), "kubepods" (cgroupfs),
+	// and the nested "kubelet.slice/kubelet-kubepods.slice" and
+	// "kubelet/kubepods" (kind's kubelet, cgroupRoot /kubelet).
 	Root string
 	// Driver is kubelet's cgroup driver. Empty: systemd when Root's name ends
 	// in ".slice", else cgroupfs.
@@ -66,7 +68,10 @@ func NewResolver(cfg Config) (*Resolver, error) {
 			return nil, err
 		}
 	} else {
-		for _, name := range []string{"kubepods.slice", "kubepods"} {
+		// The layouts Cilium's cgroup provider knows
+		// (pkg/cgroups/manager/provider.go), the nested ones as kind's
+		// kubelet makes them (cgroupRoot /kubelet).
+		for _, name := range kubepodsCandidates {
 			p := filepath.Join(parent, name)
 			if err := isDir(p); err == nil {
 				root = p
@@ -76,7 +81,7 @@ func NewResolver(cfg Config) (*Resolver, error) {
 			}
 		}
 		if root == "" {
-			return nil, &NotReadyError{Path: filepath.Join(parent, "kubepods{.slice,}")}
+			return nil, &NotReadyError{Path: filepath.Join(parent, "{"+strings.Join(kubepodsCandidates, ",")+"}")}
 		}
 	}
 	driver := cfg.Driver
@@ -95,6 +100,10 @@ func NewResolver(cfg Config) (*Resolver, error) {
 	}
 	return &Resolver{mount: mount, layout: Layout{Driver: driver, Kubepods: root}}, nil
 }
+
+// kubepodsCandidates are the kubepods cgroups NewResolver probes below
+// Config.Parent, in order.
+var kubepodsCandidates = []string{"kubepods.slice", "kubepods", "kubelet.slice/kubelet-kubepods.slice", "kubelet/kubepods"}
 
 // under joins rel to mount and refuses paths that leave it.
 func under(mount, rel, field string) (string, error) {

@@ -179,15 +179,20 @@ func TestResolvePodRealHierarchy(t *testing.T) {
 		driver Driver
 		rt     Runtime
 		qos    corev1.PodQOSClass
+		// nested: kubelet's cgroupRoot is /kubelet, as kind runs it.
+		nested bool
 	}{
-		{Cgroupfs, Containerd, corev1.PodQOSBurstable},
-		{Cgroupfs, CRIO, corev1.PodQOSBestEffort},
-		{Cgroupfs, Containerd, corev1.PodQOSGuaranteed},
-		{Systemd, Containerd, corev1.PodQOSBurstable},
-		{Systemd, CRIO, corev1.PodQOSGuaranteed},
-		{Systemd, Docker, corev1.PodQOSBestEffort},
+		{Cgroupfs, Containerd, corev1.PodQOSBurstable, false},
+		{Cgroupfs, CRIO, corev1.PodQOSBestEffort, false},
+		{Cgroupfs, Containerd, corev1.PodQOSGuaranteed, false},
+		{Systemd, Containerd, corev1.PodQOSBurstable, false},
+		{Systemd, CRIO, corev1.PodQOSGuaranteed, false},
+		{Systemd, Docker, corev1.PodQOSBestEffort, false},
+		{Cgroupfs, Containerd, corev1.PodQOSBurstable, true},
+		{Systemd, Containerd, corev1.PodQOSBestEffort, true},
+		{Systemd, Containerd, corev1.PodQOSGuaranteed, true},
 	} {
-		t.Run(fmt.Sprintf("%s/%s/%s", tc.driver, tc.rt, tc.qos), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%s/%s/nested=%t", tc.driver, tc.rt, tc.qos, tc.nested), func(t *testing.T) {
 			mount, rel := testRoot(t)
 			uid := types.UID("5f0e6a7b-1c2d-4e3f-8a9b-" + randHex(6))
 			pod := kubeletPod(uid, tc.qos, tc.rt)
@@ -197,13 +202,24 @@ func TestResolvePodRealHierarchy(t *testing.T) {
 			escaped := strings.ReplaceAll(string(uid), "-", "_")
 			tier := strings.ToLower(string(tc.qos))
 			var kubepods, podDir string
-			if tc.driver == Cgroupfs {
+			switch {
+			case tc.driver == Cgroupfs && tc.nested:
+				kubepods = filepath.Join(mount, rel, "kubelet", "kubepods")
+				podDir = filepath.Join(kubepods, tier, "pod"+string(uid))
+			case tc.driver == Cgroupfs:
 				kubepods = filepath.Join(mount, rel, "kubepods")
 				podDir = filepath.Join(kubepods, tier, "pod"+string(uid))
 				if tc.qos == corev1.PodQOSGuaranteed {
 					podDir = filepath.Join(kubepods, "pod"+string(uid))
 				}
-			} else {
+			case tc.nested:
+				// systemd names nested slices by their whole path.
+				kubepods = filepath.Join(mount, rel, "kubelet.slice", "kubelet-kubepods.slice")
+				podDir = filepath.Join(kubepods, "kubelet-kubepods-"+tier+".slice", "kubelet-kubepods-"+tier+"-pod"+escaped+".slice")
+				if tc.qos == corev1.PodQOSGuaranteed {
+					podDir = filepath.Join(kubepods, "kubelet-kubepods-pod"+escaped+".slice")
+				}
+			default:
 				kubepods = filepath.Join(mount, rel, "kubepods.slice")
 				podDir = filepath.Join(kubepods, "kubepods-"+tier+".slice", "kubepods-"+tier+"-pod"+escaped+".slice")
 				if tc.qos == corev1.PodQOSGuaranteed {
