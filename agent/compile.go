@@ -296,6 +296,26 @@ func (c *compiler) warn(format string, args ...any) {
 	c.out.Warnings = append(c.out.Warnings, fmt.Sprintf(format, args...))
 }
 
+// podIdentityLabels are the labels a pod is selected by, as Cilium selects
+// an endpoint: its identity's labels (pod labels after Cilium's label
+// filter, namespace labels, service account, cluster), from the identity
+// source. A pod whose identity is not known yet falls back to its own
+// labels, as the controller selects it.
+func (c *compiler) podIdentityLabels(pod *corev1.Pod) labels.LabelArray {
+	for _, ip := range pod.Status.PodIPs {
+		a, err := netip.ParseAddr(ip.IP)
+		if err != nil {
+			continue
+		}
+		if peer, ok := c.in.Identities.Lookup(a.Unmap()); ok && peer.Namespace == pod.Namespace && peer.Name == pod.Name {
+			if l, ok := c.in.Identities.Labels(peer.Identity); ok && len(l) > 0 {
+				return l
+			}
+		}
+	}
+	return translator.PodLabels(pod)
+}
+
 // container is one container of a pod with its number in the pod.
 type container struct {
 	translator.Container
@@ -308,7 +328,7 @@ func (c *compiler) pod(ps *PodState) {
 		return
 	}
 	var sets []*translator.RuleSet
-	podLabels := translator.PodLabels(pod)
+	podLabels := c.podIdentityLabels(pod)
 	for _, rs := range c.in.RuleSets {
 		if rs.Policy.Namespace == pod.Namespace && c.podSelectors[rs].Matches(podLabels) {
 			sets = append(sets, rs)

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/cilium/pkg/labels"
+
 	"github.com/sidewall/sidewall/bpfext"
 	"github.com/sidewall/sidewall/translator"
 )
@@ -97,6 +99,42 @@ spec:
 		}
 		if got, _ := datapathVerdict(s, app, bpfext.Ingress, false, 0, ipB, bpfext.ProtoTCP, 8080); got {
 			t.Errorf("HostByPolicy=%t: b -> app:8080 allowed: the ingress rule is not enforced", byPolicy)
+		}
+	}
+}
+
+// Pods are selected as Cilium selects endpoints: by their identity's
+// labels. A label Cilium's filter drops (pod-template-hash) selects
+// nothing, and a namespace label selects the pods of that namespace.
+func TestCompileSelectsByIdentityLabels(t *testing.T) {
+	snap := snapshot()
+	// Cilium's labels of web's identity: no pod-template-hash (filtered),
+	// the namespace's team label.
+	snap.Identities[1000] = labels.Map2Labels(map[string]string{
+		"app": "web", "io.kubernetes.pod.namespace": "shop", "io.cilium.k8s.namespace.labels.team": "payments",
+	}, labels.LabelSourceK8s).LabelArray()
+	pod := webPod(ipWeb.String())
+	pod.Pod.Labels["pod-template-hash"] = "5d8f7c"
+	for _, c := range []struct {
+		selector string
+		selected bool
+	}{
+		{`{matchLabels: {app: web}}`, true},
+		{`{matchLabels: {pod-template-hash: 5d8f7c}}`, false},
+		{`{matchLabels: {io.cilium.k8s.namespace.labels.team: payments}}`, true},
+	} {
+		rs := ruleSet(t, `
+metadata: {name: shipper}
+spec:
+  podSelector: `+c.selector+`
+  containers: {names: [log-shipper]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+		s := Compile(Input{Pods: []PodState{pod}, RuleSets: []*translator.RuleSet{rs}, Identities: snap}, NewIDs())
+		if _, got := s.Containers[101]; got != c.selected {
+			t.Errorf("podSelector %s: web selected=%t, want %t", c.selector, got, c.selected)
 		}
 	}
 }
