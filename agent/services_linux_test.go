@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"path/filepath"
 	"syscall"
@@ -14,12 +13,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
-
-	"github.com/sidewall/sidewall/hack/harness/localnode"
 )
 
 // Offsets in struct bpf_sock_addr (include/uapi/linux/bpf.h).
@@ -79,8 +72,8 @@ func TestAgentDecidesServicesOnBackends(t *testing.T) {
 	h.Listen(b, "app", "tcp", 8080)
 	web := h.runPod("web", map[string]string{"app": "web"}, true)
 
-	svcA := h.service(t, "svc-a", a)
-	svcB := h.service(t, "svc-b", b)
+	svcA := h.CreateService(h.Namespace, "svc-a", a, "http", corev1.ProtocolTCP, 80, 8080)
+	svcB := h.CreateService(h.Namespace, "svc-b", b, "http", corev1.ProtocolTCP, 80, 8080)
 	root := filepath.Join(h.Local.CgroupMount(), h.Local.CgroupRoot())
 	attachSocketLB(t, root, svcA, netip.AddrPortFrom(a.IP, 8080))
 	attachSocketLB(t, root, svcB, netip.AddrPortFrom(b.IP, 8080))
@@ -103,36 +96,4 @@ func TestAgentDecidesServicesOnBackends(t *testing.T) {
 	dial("log-shipper", svcB, false) // its backend is not: EPERM at connect
 	dial("app", svcB, true)          // unrestricted
 	dial("app", svcA, true)          // policyTo shares the grant with the pod
-}
-
-// service makes a ClusterIP Service on port 80 for a pod's 8080, with its
-// EndpointSlice (envtest runs no EndpointSlice controller).
-func (h *harness) service(t *testing.T, name string, backend *localnode.Pod) netip.AddrPort {
-	t.Helper()
-	ctx := context.Background()
-	svc, err := h.Client.CoreV1().Services(h.Namespace).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
-			{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP},
-		}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create service %s: %v", name, err)
-	}
-	_, err = h.Client.DiscoveryV1().EndpointSlices(h.Namespace).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints: []discoveryv1.Endpoint{{
-			Addresses: []string{backend.IP.String()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
-		}},
-		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create endpointslice %s: %v", name, err)
-	}
-	ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
-	if err != nil {
-		t.Fatal(fmt.Errorf("service %s has no ClusterIP: %w", name, err))
-	}
-	return netip.AddrPortFrom(ip, 80)
 }

@@ -19,10 +19,7 @@ import (
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sidewall/sidewall/hack/harness"
@@ -233,7 +230,7 @@ func TestCiliumNode(t *testing.T) {
 			}
 			return nil
 		})
-		kubeDNS := createServiceIn(t, n, "kube-system", "kube-dns-"+agentnode.RandHex(3), dnsPod, "dns", corev1.ProtocolUDP, 53, 53)
+		kubeDNS := n.CreateService("kube-system", "kube-dns-"+agentnode.RandHex(3), dnsPod, "dns", corev1.ProtocolUDP, 53, 53)
 		resolve := func(container string) (string, error) {
 			pr, err := n.Local.RunInContainer(web, container, []string{exe, helperArg, "resolve", kubeDNS.String(), name})
 			if err != nil {
@@ -429,43 +426,8 @@ func waitFor(t *testing.T, what string, cond func() error) {
 	}
 }
 
-// createService makes a ClusterIP Service on port 80 for a pod's port 8080
-// and its EndpointSlice, and returns its address.
+// createService makes a ClusterIP Service on port 80 for a pod's port 8080.
 func createService(t *testing.T, n *agentnode.Node, name string, backend *localnode.Pod) netip.AddrPort {
 	t.Helper()
-	return createServiceIn(t, n, n.Namespace, name, backend, "http", corev1.ProtocolTCP, 80, 8080)
-}
-
-// createServiceIn makes a ClusterIP Service with one port and its
-// EndpointSlice (envtest runs no EndpointSlice controller), and returns its
-// address.
-func createServiceIn(t *testing.T, n *agentnode.Node, ns, name string, backend *localnode.Pod, portName string, proto corev1.Protocol, port, target int32) netip.AddrPort {
-	t.Helper()
-	ctx := context.Background()
-	svc, err := n.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.ServiceSpec{
-			Ports: []corev1.ServicePort{{Name: portName, Port: port, TargetPort: intstr.FromInt32(target), Protocol: proto}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create service %s/%s: %v", ns, name, err)
-	}
-	t.Cleanup(func() { _ = n.Client.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
-	_, err = n.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints: []discoveryv1.Endpoint{{
-			Addresses:  []string{backend.IP.String()},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
-		}},
-		Ports: []discoveryv1.EndpointPort{{Name: ptr.To(portName), Port: ptr.To(target), Protocol: ptr.To(proto)}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create endpointslice of %s/%s: %v", ns, name, err)
-	}
-	t.Cleanup(func() {
-		_ = n.Client.DiscoveryV1().EndpointSlices(ns).Delete(context.Background(), name+"-1", metav1.DeleteOptions{})
-	})
-	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), uint16(port))
+	return n.CreateService(n.Namespace, name, backend, "http", corev1.ProtocolTCP, 80, 8080)
 }

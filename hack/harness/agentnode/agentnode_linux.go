@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,8 +16,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -263,6 +267,46 @@ func (n *Node) Expect(p *localnode.Pod, container string, peer *localnode.Pod, p
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// CreateService makes a ClusterIP Service with one port in namespace ns,
+// backed by a pod's target port, and its EndpointSlice (envtest runs no
+// EndpointSlice controller); both go when the test ends. It returns the
+// Service's address.
+func (n *Node) CreateService(ns, name string, backend *localnode.Pod, portName string, proto corev1.Protocol, port, target int32) netip.AddrPort {
+	t := n.t
+	t.Helper()
+	ctx := context.Background()
+	svc, err := n.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{
+			Ports: []corev1.ServicePort{{Name: portName, Port: port, TargetPort: intstr.FromInt32(target), Protocol: proto}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service %s/%s: %v", ns, name, err)
+	}
+	t.Cleanup(func() { _ = n.Client.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	_, err = n.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{
+			Addresses:  []string{backend.IP.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+		}},
+		Ports: []discoveryv1.EndpointPort{{Name: ptr.To(portName), Port: ptr.To(target), Protocol: ptr.To(proto)}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create endpointslice %s/%s: %v", ns, name, err)
+	}
+	t.Cleanup(func() {
+		_ = n.Client.DiscoveryV1().EndpointSlices(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil {
+		t.Fatalf("service %s/%s has no ClusterIP: %v", ns, name, err)
+	}
+	return netip.AddrPortFrom(ip, uint16(port))
 }
 
 // RandHex returns n random bytes in hex, for unique names.
