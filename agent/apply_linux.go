@@ -48,12 +48,7 @@ func (a *Agent) newTables() tables {
 		pods: mapSync[uint32, bpfext.Pod]{
 			what: "pods",
 			list: func() (map[uint32]bpfext.Pod, error) {
-				ps, err := dp.Pods()
-				out := make(map[uint32]bpfext.Pod, len(ps))
-				for _, p := range ps {
-					out[p.ID] = p
-				}
-				return out, err
+				return indexed(dp.Pods, func(p bpfext.Pod) uint32 { return p.ID })
 			},
 			equal:  comparableEqual[bpfext.Pod],
 			update: func(m map[uint32]bpfext.Pod) error { return dp.UpsertPods(valuesOf(m)) },
@@ -102,12 +97,7 @@ func (a *Agent) newTables() tables {
 		containers: mapSync[uint64, bpfext.Container]{
 			what: "containers",
 			list: func() (map[uint64]bpfext.Container, error) {
-				cs, err := dp.Containers()
-				out := make(map[uint64]bpfext.Container, len(cs))
-				for _, c := range cs {
-					out[c.CgroupID] = c
-				}
-				return out, err
+				return indexed(dp.Containers, func(c bpfext.Container) uint64 { return c.CgroupID })
 			},
 			equal:  comparableEqual[bpfext.Container],
 			update: func(m map[uint64]bpfext.Container) error { return dp.UpsertContainers(valuesOf(m)) },
@@ -264,6 +254,16 @@ func (a *Agent) apply(desired *State, changed map[uint32][]bpfext.Rule, pods []P
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// indexed reads a table's entries and keys them.
+func indexed[K comparable, V any](read func() ([]V, error), key func(V) K) (map[K]V, error) {
+	vs, err := read()
+	out := make(map[K]V, len(vs))
+	for _, v := range vs {
+		out[key(v)] = v
+	}
+	return out, err
 }
 
 func valuesOf[K comparable, V any](m map[K]V) []V {
