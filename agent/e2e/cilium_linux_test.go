@@ -2,12 +2,9 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -99,15 +96,40 @@ func TestCiliumNode(t *testing.T) {
 	})
 
 	t.Run("Cilium imports the generated policy", func(t *testing.T) {
+		// ApplyPolicy waits for the cilium-agent to import the CNP.
 		n.ApplyPolicy(shipperPolicy)
 		name := translator.CNPName("shipper")
-		waitFor(t, "cilium-agent holds CNP "+name, func() error {
-			return ciliumHasPolicy(n.Local, n.Namespace, name)
-		})
+		if rules, err := n.Local.CiliumPolicyRules(context.Background(), n.Namespace, name); err != nil || rules == 0 {
+			t.Fatalf("cilium-agent holds %d rules from CNP %s (%v), want some", rules, name, err)
+		}
 		n.Expect(web, "log-shipper", logging, "8080", true)
 		n.Expect(web, "log-shipper", payments, "8080", false)
 		n.Expect(web, "app", logging, "8080", false) // the sidecar's grant is exclusive
 		n.Expect(web, "app", payments, "8080", true)
+	})
+
+	t.Run("a CNP Cilium refuses fails with Cilium's message", func(t *testing.T) {
+		// This node runs Cilium without its L7 proxy (no Envoy here), so
+		// Cilium refuses a CNP with HTTP rules: the harness must say so,
+		// with Cilium's reason, instead of waiting or passing.
+		err := n.TryApplyPolicy(`
+metadata: {name: refused-l7}
+spec:
+  podSelector: {matchLabels: {app: payments}}
+  containers: {names: [app]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: logging}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: POST, path: "^/ingest$"}]}}]
+`)
+		t.Cleanup(func() { n.DeletePolicy("refused-l7") })
+		var refusal *localnode.CiliumRefusal
+		if !errors.As(err, &refusal) {
+			t.Fatalf("applying an HTTP policy on a Cilium node without L7 proxy: got %v, want Cilium's refusal", err)
+		}
+		if want := "L7 policy is not supported since L7 proxy is not enabled"; !strings.Contains(refusal.Message, want) {
+			t.Errorf("Cilium's message %q does not say %q", refusal.Message, want)
+		}
+		t.Logf("as reported: %v", err)
 	})
 
 	t.Run("restarts lose no enforcement", func(t *testing.T) {
@@ -293,10 +315,7 @@ spec:
 	})
 
 	t.Run("Cilium's default deny and sidewall's grant", func(t *testing.T) {
-		applyCNP(t, cc, n.Namespace, defaultDeny)
-		waitFor(t, "cilium-agent holds CNP default-deny", func() error {
-			return ciliumHasPolicy(n.Local, n.Namespace, "default-deny")
-		})
+		applyCNP(t, n, cc, defaultDeny)
 		// Granted by the generated CNP at Cilium's level, and by sidewall
 		// to the sidecar.
 		n.Expect(web, "log-shipper", logging, "8080", true)
@@ -353,8 +372,10 @@ func waitEndpoint(t *testing.T, cc versioned.Interface, p *localnode.Pod) *ciliu
 	return cep
 }
 
-func applyCNP(t *testing.T, cc versioned.Interface, ns, doc string) {
+// applyCNP creates a CNP and waits until the cilium-agent imports it.
+func applyCNP(t *testing.T, n *agentnode.Node, cc versioned.Interface, doc string) {
 	t.Helper()
+	ns, start := n.Namespace, time.Now()
 	var cnp ciliumv2.CiliumNetworkPolicy
 	if err := yaml.UnmarshalStrict([]byte(doc), &cnp); err != nil {
 		t.Fatalf("parse CNP: %v", err)
@@ -363,52 +384,11 @@ func applyCNP(t *testing.T, cc versioned.Interface, ns, doc string) {
 	if _, err := cc.CiliumV2().CiliumNetworkPolicies(ns).Create(context.Background(), &cnp, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create CNP %s: %v", cnp.Name, err)
 	}
-}
-
-// ciliumHasPolicy asks the cilium-agent (GET /v1/policy, as `cilium-dbg
-// policy get` does) whether it imported the CNP.
-func ciliumHasPolicy(node *localnode.Node, ns, name string) error {
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", node.CiliumSocket())
-		},
-	}}
-	resp, err := hc.Get("http://cilium/v1/policy")
-	if err != nil {
-		return err
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Local.WaitCiliumPolicy(ctx, ns, cnp.Name, start); err != nil {
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	var pol struct {
-		Policy string `json:"policy"`
-	}
-	if err := json.Unmarshal(body, &pol); err != nil {
-		return fmt.Errorf("GET /v1/policy: %w: %s", err, body)
-	}
-	var rules []struct {
-		Labels []struct {
-			Key   string `json:"key"`
-			Value string `json:"value"`
-		} `json:"labels"`
-	}
-	if err := json.Unmarshal([]byte(pol.Policy), &rules); err != nil {
-		return fmt.Errorf("GET /v1/policy: rules: %w: %s", err, pol.Policy)
-	}
-	for _, r := range rules {
-		var gotName, gotNS bool
-		for _, l := range r.Labels {
-			gotName = gotName || l.Key == "io.cilium.k8s.policy.name" && l.Value == name
-			gotNS = gotNS || l.Key == "io.cilium.k8s.policy.namespace" && l.Value == ns
-		}
-		if gotName && gotNS {
-			return nil
-		}
-	}
-	return fmt.Errorf("the agent holds %d rules, none from CNP %s/%s", len(rules), ns, name)
 }
 
 func waitFor(t *testing.T, what string, cond func() error) {

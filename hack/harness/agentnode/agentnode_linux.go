@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +34,7 @@ import (
 	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
+	"github.com/sidewall/sidewall/translator"
 	"github.com/sidewall/sidewall/translator/controller"
 )
 
@@ -47,6 +50,8 @@ type Options struct {
 	// (localnode.Cilium, from the tools `make cilium-tools` builds); it
 	// implies Cilium.
 	CiliumNode bool
+	// CiliumL7Proxy turns the Cilium node's L7 proxy on (localnode.Cilium).
+	CiliumL7Proxy bool
 	// MaxEntries overrides datapath map sizes when the maps are created.
 	MaxEntries map[string]uint32
 	// LogLevel of the agent's log, which goes to the test log.
@@ -66,6 +71,8 @@ type Node struct {
 	// Agent is the running agent (after StartAgent).
 	Agent *agent.Node
 	stop  func()
+	// controller is set once StartController ran.
+	controller bool
 }
 
 // New starts the control plane, the local node and the agent, and waits
@@ -96,6 +103,7 @@ func New(t testing.TB, o Options) *Node {
 			t.Fatalf("cilium node: %v", err)
 		}
 		lo.Cilium.KubeProxyReplacement = true
+		lo.Cilium.L7Proxy = o.CiliumL7Proxy
 		// The agent compiles its datapath at start: minutes on this machine.
 		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
@@ -176,6 +184,7 @@ func (n *Node) StartController() {
 	n.Env.StartManager(n.t, func(mgr manager.Manager) error {
 		return controller.SetupWithManager(mgr, controller.Options{})
 	}, testenv.ManagerOptions{Namespaces: []string{n.Namespace}, Configure: controller.ConfigureManager})
+	n.controller = true
 }
 
 // StopAgent stops the agent; its pins stay, as when a node agent restarts.
@@ -185,26 +194,77 @@ func (n *Node) StopAgent() { n.stop() }
 func (n *Node) HubbleAddr() string { return n.Agent.Hubble.Addrs()[0].String() }
 
 // ApplyPolicy creates or updates a ContainerNetworkPolicy from YAML in the
-// test's namespace.
+// test's namespace. On a Cilium node with the controller running, it
+// waits until the cilium-agent has imported the CiliumNetworkPolicy the
+// controller generated, and fails the test with Cilium's own message if the
+// agent refuses it.
 func (n *Node) ApplyPolicy(doc string) {
 	n.t.Helper()
+	if err := n.TryApplyPolicy(doc); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// TryApplyPolicy is ApplyPolicy returning its error: a
+// *localnode.CiliumRefusal when the cilium-agent refuses the generated CNP.
+func (n *Node) TryApplyPolicy(doc string) error {
 	var p v1alpha1.ContainerNetworkPolicy
 	if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
-		n.t.Fatalf("parse policy: %v", err)
+		return fmt.Errorf("parse policy: %w", err)
 	}
 	p.Namespace = n.Namespace
 	ctx := context.Background()
+	start := time.Now()
+	cnpGen := n.cnpGeneration(translator.CNPName(p.Name))
 	var cur v1alpha1.ContainerNetworkPolicy
 	if err := n.Env.Client.Get(ctx, client.ObjectKeyFromObject(&p), &cur); err == nil {
 		cur.Spec = p.Spec
 		if err := n.Env.Client.Update(ctx, &cur); err != nil {
-			n.t.Fatalf("update policy: %v", err)
+			return fmt.Errorf("update policy: %w", err)
 		}
-		return
+	} else if err := n.Env.Client.Create(ctx, &p); err != nil {
+		return fmt.Errorf("create policy: %w", err)
 	}
-	if err := n.Env.Client.Create(ctx, &p); err != nil {
-		n.t.Fatalf("create policy: %v", err)
+	if n.opts.CiliumNode && n.controller {
+		return n.waitCiliumImport(ctx, p.Name, cnpGen, start)
 	}
+	return nil
+}
+
+// cnpGeneration is the generation of the CiliumNetworkPolicy name of the
+// test's namespace, 0 if there is none.
+func (n *Node) cnpGeneration(name string) int64 {
+	var cnp ciliumv2.CiliumNetworkPolicy
+	if err := n.Env.Client.Get(context.Background(), client.ObjectKey{Namespace: n.Namespace, Name: name}, &cnp); err != nil {
+		return 0
+	}
+	return cnp.Generation
+}
+
+// waitCiliumImport waits for the controller to observe the policy, then
+// for the cilium-agent to import the CiliumNetworkPolicy it generated, if
+// the controller wrote a new one.
+func (n *Node) waitCiliumImport(ctx context.Context, policy string, genBefore int64, since time.Time) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var cnpName string
+	for {
+		var cur v1alpha1.ContainerNetworkPolicy
+		err := n.Env.Client.Get(ctx, client.ObjectKey{Namespace: n.Namespace, Name: policy}, &cur)
+		if err == nil && cur.Status.ObservedGeneration == cur.Generation {
+			cnpName = cur.Status.GeneratedPolicy
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("controller has not observed policy %s: %w", policy, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if cnpName == "" || n.cnpGeneration(cnpName) == genBefore {
+		return nil // no CNP, or the one Cilium already has
+	}
+	return n.Local.WaitCiliumPolicy(ctx, n.Namespace, cnpName, since)
 }
 
 // DeletePolicy deletes a ContainerNetworkPolicy of the test's namespace.

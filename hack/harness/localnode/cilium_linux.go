@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -48,6 +49,9 @@ type Cilium struct {
 	// KubeProxyReplacement turns Cilium's kube-proxy replacement (socket
 	// LB, NodePort) on.
 	KubeProxyReplacement bool
+	// L7Proxy turns Cilium's L7 proxy on, with an external Envoy that
+	// this machine does not have (cilium-envoy is not built here).
+	L7Proxy bool
 	// ReadyTimeout bounds the agent's start (0: 5 minutes).
 	ReadyTimeout time.Duration
 }
@@ -384,7 +388,8 @@ func (c *ciliumNode) startAgent(ctx context.Context, n *Node) error {
 		"--enable-ipv6=false",
 		"--devices=eth0",
 		"--kube-proxy-replacement=" + kpr,
-		"--enable-l7-proxy=false",
+		"--enable-l7-proxy=" + strconv.FormatBool(c.opts.L7Proxy),
+		"--external-envoy-proxy=true",
 		"--enable-hubble=true",
 		"--identity-allocation-mode=crd",
 		"--cluster-name=default",

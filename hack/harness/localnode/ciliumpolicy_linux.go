@@ -1,0 +1,230 @@
+package localnode
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// CiliumRefusal is a CiliumNetworkPolicy the Cilium agent would not
+// import, with the agent's own reason.
+type CiliumRefusal struct {
+	Namespace, Name string
+	// Message is the error cilium-agent logged for it.
+	Message string
+}
+
+func (r *CiliumRefusal) Error() string {
+	return fmt.Sprintf("cilium-agent refused CiliumNetworkPolicy %s/%s: %s", r.Namespace, r.Name, r.Message)
+}
+
+// CiliumPolicyOutcome reports what the Cilium agent last did with the
+// CiliumNetworkPolicy ns/name at or after since: imported (true, nil),
+// refused (false, *CiliumRefusal) or nothing yet (false, nil). It reads the
+// agent's log, the one place Cilium 1.20 reports a refused policy (the
+// agent no longer writes CNP status).
+func (n *Node) CiliumPolicyOutcome(ns, name string, since time.Time) (bool, error) {
+	if n.cilium == nil {
+		return false, errors.New("the node runs no Cilium")
+	}
+	f, err := os.Open(n.cilium.logPath)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	var imported bool
+	var refused *CiliumRefusal
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, "CiliumNetworkPolicy") || !strings.Contains(line, name) {
+			continue
+		}
+		kv := logfmt(line)
+		if kv["ciliumNetworkPolicyName"] != name || kv["k8sNamespace"] != ns {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, kv["time"])
+		if err != nil || at.Before(since) {
+			continue
+		}
+		switch kv["msg"] {
+		case "Imported CiliumNetworkPolicy":
+			imported, refused = true, nil
+		case "Unable to add CiliumNetworkPolicy":
+			imported, refused = false, &CiliumRefusal{Namespace: ns, Name: name, Message: kv["error"]}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return false, err
+	}
+	if refused != nil {
+		return false, refused
+	}
+	return imported, nil
+}
+
+// WaitCiliumPolicy waits until the Cilium agent imports the
+// CiliumNetworkPolicy ns/name, written at or after since. It returns a
+// *CiliumRefusal at once if the agent refuses it.
+func (n *Node) WaitCiliumPolicy(ctx context.Context, ns, name string, since time.Time) error {
+	for {
+		ok, err := n.CiliumPolicyOutcome(ns, name, since)
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cilium-agent has not imported CiliumNetworkPolicy %s/%s: %w", ns, name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// logfmt splits one line of Cilium's slog text log into its keys and
+// values (quoted values unquoted).
+func logfmt(line string) map[string]string {
+	out := map[string]string{}
+	for len(line) > 0 {
+		line = strings.TrimLeft(line, " ")
+		eq := strings.IndexByte(line, '=')
+		if eq <= 0 {
+			break
+		}
+		key := line[:eq]
+		line = line[eq+1:]
+		if strings.HasPrefix(line, `"`) {
+			end := 1
+			for end < len(line) && line[end] != '"' {
+				if line[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			if end >= len(line) {
+				break
+			}
+			v, err := strconv.Unquote(line[:end+1])
+			if err != nil {
+				v = line[1:end]
+			}
+			out[key] = v
+			line = line[end+1:]
+			continue
+		}
+		sp := strings.IndexByte(line, ' ')
+		if sp < 0 {
+			sp = len(line)
+		}
+		out[key] = line[:sp]
+		line = line[sp:]
+	}
+	return out
+}
+
+// CiliumPolicyRules returns the number of rules the Cilium agent holds
+// from the CiliumNetworkPolicy ns/name (GET /v1/policy, as `cilium-dbg
+// policy get` asks).
+func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, error) {
+	if n.cilium == nil {
+		return 0, errors.New("the node runs no Cilium")
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", n.cilium.socket())
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://cilium/v1/policy", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	var pol struct {
+		Policy string `json:"policy"`
+	}
+	if err := json.Unmarshal(body, &pol); err != nil {
+		return 0, fmt.Errorf("GET /v1/policy: %w: %s", err, body)
+	}
+	var rules []struct {
+		Labels []struct {
+			Key   string `json:"key"`
+			Value string `json:"value"`
+		} `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(pol.Policy), &rules); err != nil {
+		return 0, fmt.Errorf("GET /v1/policy: rules: %w: %s", err, pol.Policy)
+	}
+	count := 0
+	for _, r := range rules {
+		var gotName, gotNS bool
+		for _, l := range r.Labels {
+			gotName = gotName || l.Key == "io.cilium.k8s.policy.name" && l.Value == name
+			gotNS = gotNS || l.Key == "io.cilium.k8s.policy.namespace" && l.Value == ns
+		}
+		if gotName && gotNS {
+			count++
+		}
+	}
+	return count, nil
+}
+
+// CiliumFlows returns the flows the Cilium agent's own Hubble recorded
+// since the given time that match the filters (a flow matches if any
+// filter does), oldest first.
+func (n *Node) CiliumFlows(ctx context.Context, since time.Time, filters ...*flowpb.FlowFilter) ([]*flowpb.Flow, error) {
+	if n.cilium == nil {
+		return nil, errors.New("the node runs no Cilium")
+	}
+	conn, err := grpc.NewClient("unix://"+n.HubbleSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("cilium hubble: %w", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	stream, err := observerpb.NewObserverClient(conn).GetFlows(ctx, &observerpb.GetFlowsRequest{
+		Since:     timestamppb.New(since),
+		Whitelist: filters,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cilium hubble: %w", err)
+	}
+	var out []*flowpb.Flow
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cilium hubble: %w", err)
+		}
+		if f := resp.GetFlow(); f != nil {
+			out = append(out, f)
+		}
+	}
+}
