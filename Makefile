@@ -181,10 +181,19 @@ bench: tools test-deps ## Run the benchmarks and print the figures as ratios.
 ##@ Demo
 
 .PHONY: demo
-demo: tools test-deps ## Run the local demo as root: real control plane, controller, agent, a pod with a sidecar, real traffic and hubble (ARGS=--keep leaves it running).
+demo: tools test-deps ## Run the local demo as root, on a real cilium-agent: control plane, controller, agent, a pod with a sidecar, real traffic, hubble (ARGS=--keep leaves it running; CILIUM=0 runs it without Cilium).
 	@echo ">> building the demo (first time: about 1 minute)"
 	$(GO) build -o $(BIN)/sidewall-demo ./demo/local
-	$(BIN)/sidewall-demo $(ARGS)
+	@# The Cilium node is the default; without the Cilium tools the demo
+	@# falls back to its lighter mode, and says so.
+	@if [ "$(CILIUM)" = "0" ]; then \
+	  $(BIN)/sidewall-demo --cilium=false $(ARGS); \
+	elif $(MAKE) --no-print-directory cilium-tools; then \
+	  $(BIN)/sidewall-demo $(ARGS); \
+	else \
+	  echo ">> the Cilium tools could not be built (see above): the demo runs without Cilium (--cilium=false)"; \
+	  $(BIN)/sidewall-demo --cilium=false $(ARGS); \
+	fi
 
 ##@ Images
 

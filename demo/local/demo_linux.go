@@ -63,6 +63,9 @@ type demo struct {
 	obs      *hubble.Server
 	hubbleAt string
 	pods     map[string]*localnode.Pod
+	// cilium: the shop runs on a real cilium-agent, which owns the node's
+	// networking and whose Hubble gives the matrix its Cilium column.
+	cilium bool
 
 	checks []check
 }
@@ -77,6 +80,7 @@ func run(ctx context.Context, args []string, out io.Writer) int {
 	fs.SetOutput(out)
 	keep := fs.Bool("keep", false, "leave everything running after the checks, until Ctrl-C, and print how to use kubectl and hubble against it")
 	hubbleBin := fs.String("hubble", "", "the hubble CLI (default: bin/hubble of this repository, else hubble on $PATH)")
+	cilium := fs.Bool("cilium", true, "run the shop on a real cilium-agent (bin/cilium-agent and bin/cilium-cni, from `make cilium-tools`); --cilium=false runs the lighter mode, in which sidewall's harness wires the pods and no Cilium runs")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -89,7 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) int {
 		return 1
 	}
 
-	d := &demo{out: out, start: time.Now(), pods: map[string]*localnode.Pod{}}
+	d := &demo{out: out, start: time.Now(), pods: map[string]*localnode.Pod{}, cilium: *cilium}
 	err := d.run(ctx, *hubbleBin, *keep)
 	failed := d.failedChecks()
 	interrupted := ctx.Err() != nil
@@ -128,7 +132,13 @@ func run(ctx context.Context, args []string, out io.Writer) int {
 
 func (d *demo) run(ctx context.Context, hubbleBin string, keep bool) error {
 	fmt.Fprintln(d.out, "sidewall demo: one pod, two containers, two different network policies")
-	fmt.Fprintln(d.out, "(real kube-apiserver + etcd, real cgroups, network namespaces, processes and BPF; no cluster needed)")
+	if d.cilium {
+		fmt.Fprintln(d.out, "(real kube-apiserver + etcd, a real cilium-agent owning the node's pod networking, real cgroups,")
+		fmt.Fprintln(d.out, " network namespaces, processes and BPF; no cluster needed)")
+	} else {
+		fmt.Fprintln(d.out, "(real kube-apiserver + etcd, real cgroups, network namespaces, processes and BPF; no cluster needed)")
+		fmt.Fprintln(d.out, "(--cilium=false: no Cilium runs; sidewall's harness wires the pods and the matrix has no Cilium column)")
+	}
 
 	if err := d.setup(ctx, hubbleBin); err != nil {
 		return err
@@ -146,6 +156,9 @@ func (d *demo) run(ctx context.Context, hubbleBin string, keep bool) error {
 		return err
 	}
 	if err := d.runScenario(ctx); err != nil {
+		return err
+	}
+	if err := d.showCiliumObjects(ctx); err != nil {
 		return err
 	}
 	if err := d.applyPolicy(ctx); err != nil {
@@ -323,12 +336,24 @@ func (d *demo) startController() (err error) {
 }
 
 func (d *demo) startNode(ctx context.Context) (err error) {
-	done := d.progress("local node (kubelet's part: pod cgroups, network namespaces, processes)")
-	defer func() { done(err) }()
-	node, err := localnode.New(ctx, localnode.Options{
+	what := "local node (kubelet's part: pod cgroups, network namespaces, processes)"
+	opts := localnode.Options{
 		Client: d.cs,
 		Logf:   func(format string, args ...any) { fmt.Fprintf(d.logFile, "localnode: "+format+"\n", args...) },
-	})
+	}
+	if d.cilium {
+		what = "local node, its pod networking owned by a real cilium-agent"
+		if opts.Cilium, err = localnode.CiliumTools(d.env.Config); err != nil {
+			return fmt.Errorf("%w (run `make cilium-tools`, or pass --cilium=false for the lighter mode without Cilium)", err)
+		}
+		// As a cluster runs it: kube-proxy replacement (socket LB) and
+		// the L7 proxy on. No Envoy runs here (see section 7).
+		opts.Cilium.KubeProxyReplacement = true
+		opts.Cilium.L7Proxy = true
+	}
+	done := d.progress(what)
+	defer func() { done(err) }()
+	node, err := localnode.New(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("create local node: %w", err)
 	}
@@ -336,6 +361,12 @@ func (d *demo) startNode(ctx context.Context) (err error) {
 	d.defer_("remove local node", node.Close)
 	done(nil)
 	done = func(error) {}
+	if d.cilium {
+		fmt.Fprintf(d.out, "    node %s, pod cgroups under %s, pods in %s, cilium-agent in network namespace %s\n",
+			node.Name(), node.KubepodsDir(), node.PodCIDR(), node.NetnsName())
+		fmt.Fprintf(d.out, "    Cilium's Hubble on unix://%s, its API on %s\n", node.HubbleSocket(), node.CiliumSocket())
+		return nil
+	}
 	fmt.Fprintf(d.out, "    node %s, pod cgroups under %s, pods on bridge %s (%s)\n", node.Name(), node.KubepodsDir(), node.Bridge(), node.PodCIDR())
 	return nil
 }
@@ -343,15 +374,20 @@ func (d *demo) startNode(ctx context.Context) (err error) {
 // startAgent runs sidewall-agent in this process as cmd/sidewall-agent
 // runs it, on a pin directory of its own (so a node agent that may run on
 // this machine is not touched) and with a Hubble API on a free local port.
-// Peer identities come from pod labels: no Cilium runs here.
+// Peer identities are Cilium's on the Cilium node (CiliumEndpoints and
+// CiliumIdentities), and come from pod labels without it.
 func (d *demo) startAgent(ctx context.Context) (err error) {
 	done := d.progress("sidewall-agent (in this process): BPF datapath and Hubble API")
 	defer func() { done(err) }()
 	pinDir := filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-demo-"+randHex(4))
 	log := slog.New(slog.NewTextHandler(d.logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ids := agent.IdentitiesLocal
+	if d.cilium {
+		ids = agent.IdentitiesCilium
+	}
 	n, err := agent.Start(context.Background(), agent.Options{
 		NodeName: d.node.Name(), Config: d.env.Config, PinDir: pinDir, Cgroups: d.node.CgroupConfig(),
-		HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0", IdentitySource: agent.IdentitiesLocal, Logger: log,
+		HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0", IdentitySource: ids, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -450,6 +486,11 @@ func (d *demo) showKeep() {
 	fmt.Fprintf(d.out, "  KUBECONFIG=%s kubectl get pods -n %s -o wide\n", d.env.Kubeconfig, namespace)
 	fmt.Fprintf(d.out, "  %s observe --server %s --follow\n", d.hubble, d.hubbleAt)
 	fmt.Fprintf(d.out, "  %s observe --server %s --last 100 --verdict DROPPED --from-label sidewall.io/container=log-shipper -o jsonpb\n", d.hubble, d.hubbleAt)
+	if d.cilium {
+		fmt.Fprintf(d.out, "  KUBECONFIG=%s kubectl get ciliumendpoints,ciliumidentities -n %s\n", d.env.Kubeconfig, namespace)
+		fmt.Fprintf(d.out, "  %s observe --server unix://%s --follow   # Cilium's own Hubble\n", d.hubble, d.node.HubbleSocket())
+		fmt.Fprintf(d.out, "  ip netns exec %s ip -br link   # the node's Cilium devices (cilium_host, lxc...)\n", d.node.NetnsName())
+	}
 }
 
 func randHex(n int) string {

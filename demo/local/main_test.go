@@ -128,18 +128,23 @@ func checkCleanedUp(t *testing.T, out string) {
 
 // The rows the README promises, with what each must show. The expectations
 // are the policy's meaning, written here independently of the demo's table.
+// cilium is what Cilium's own Hubble saw: the generated CNP has no default
+// deny, so Cilium forwards what reaches it; what sidewall refuses at
+// connect() never leaves the pod.
 var wantRows = []struct {
-	from, to, expected, actual string
+	from, to, expected, actual, cilium string
 }{
-	{"web/app", "GET payments:8080", "allowed", "allowed (HTTP 200)"},
-	{"web/log-shipper", "POST payments:8080", "denied", "operation not permitted (EPERM)"},
-	{"web/log-shipper", "POST logging:8080 /ingest", "allowed", "allowed (HTTP 200)"},
-	{"web/log-shipper", "GET localhost:9090 (loopback)", "denied", "operation not permitted (EPERM)"},
-	{"web/app", "GET localhost:9090 (loopback)", "allowed", "allowed (HTTP 200)"},
-	{"payments/payments", "GET web:8080", "allowed", "allowed (HTTP 200)"},
-	{"payments/payments", "GET web:9090", "denied", "denied: dropped"},
+	{"web/app", "GET payments:8080", "allowed", "allowed (HTTP 200)", "FORWARDED"},
+	{"web/log-shipper", "POST payments:8080", "denied", "operation not permitted (EPERM)", "no flow"},
+	{"web/log-shipper", "POST logging:8080 /ingest", "allowed", "allowed (HTTP 200)", "FORWARDED"},
+	{"web/log-shipper", "GET localhost:9090 (loopback)", "denied", "operation not permitted (EPERM)", "(loopback)"},
+	{"web/app", "GET localhost:9090 (loopback)", "allowed", "allowed (HTTP 200)", "(loopback)"},
+	{"payments/payments", "GET web:8080", "allowed", "allowed (HTTP 200)", "FORWARDED"},
+	{"payments/payments", "GET web:9090", "denied", "denied: dropped", "FORWARDED"},
 }
 
+// TestDemoEndToEnd runs `make demo`'s default: the shop on a real
+// cilium-agent, with Cilium's verdict beside sidewall's.
 func TestDemoEndToEnd(t *testing.T) {
 	r := startDemo(t)
 	code := r.wait(t, 3*time.Minute)
@@ -164,6 +169,8 @@ func TestDemoEndToEnd(t *testing.T) {
 			t.Errorf("row %s → %s does not end in ok: %q", w.from, w.to, row)
 		case !strings.Contains(row, " "+w.expected+" ") || !strings.Contains(row, w.actual):
 			t.Errorf("row %s → %s: want expected %q and actual %q, got %q", w.from, w.to, w.expected, w.actual, row)
+		case !strings.Contains(row, "  "+w.cilium+"  "):
+			t.Errorf("row %s → %s: want Cilium's Hubble to show %q, got %q", w.from, w.to, w.cilium, row)
 		}
 	}
 	for _, want := range []string{
@@ -172,6 +179,12 @@ func TestDemoEndToEnd(t *testing.T) {
 		"method: POST",
 		"[sidewall.io/container=log-shipper] -> shop/payments:8080 DROPPED POLICY_DENIED",
 		"PASS: all 9 checks",
+		// Cilium's own objects and its import of the generated policies.
+		"ciliumendpoint.cilium.io/web",
+		"ciliumidentity.cilium.io/",
+		"cilium-agent imported ciliumnetworkpolicy.cilium.io/sidewall-log-shipper-egress",
+		"cilium-agent imported ciliumnetworkpolicy.cilium.io/sidewall-app-admin-port",
+		"-> shop/logging:8080",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -183,10 +196,11 @@ func TestDemoEndToEnd(t *testing.T) {
 	checkCleanedUp(t, out)
 }
 
-// TestDemoKeepInterrupt runs the demo with --keep and stops it with
-// Ctrl-C (SIGINT) once it waits: it must clean up and exit 0.
+// TestDemoKeepInterrupt runs the demo's lighter mode (no Cilium) with
+// --keep and stops it with Ctrl-C (SIGINT) once it waits: it must clean
+// up and exit 0.
 func TestDemoKeepInterrupt(t *testing.T) {
-	r := startDemo(t, "--keep")
+	r := startDemo(t, "--keep", "--cilium=false")
 	deadline := time.Now().Add(3 * time.Minute)
 	for !strings.Contains(r.output(), "press Ctrl-C") {
 		select {
@@ -199,10 +213,13 @@ func TestDemoKeepInterrupt(t *testing.T) {
 		}
 	}
 	out := r.output()
-	for _, want := range []string{"kubectl get ctrnp -n shop", "KUBECONFIG=", "observe --server 127.0.0.1:"} {
+	for _, want := range []string{"kubectl get ctrnp -n shop", "KUBECONFIG=", "observe --server 127.0.0.1:", "--cilium=false: no Cilium runs"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("--keep output lacks %q", want)
 		}
+	}
+	if strings.Contains(out, "CILIUM (its Hubble)") || strings.Contains(out, "ciliumendpoint.cilium.io") {
+		t.Errorf("--cilium=false output shows Cilium's view, but no Cilium runs")
 	}
 	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)

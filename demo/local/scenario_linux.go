@@ -128,6 +128,7 @@ func (d *demo) applyPolicy(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintln(d.out)
+	since := time.Now()
 	for _, p := range ps {
 		if err := d.env.Client.Create(ctx, p); err != nil {
 			return fmt.Errorf("create policy %s: %w", p.Name, err)
@@ -136,7 +137,7 @@ func (d *demo) applyPolicy(ctx context.Context) error {
 	}
 	// The controller's status is the user's view of "applied": wait for
 	// Ready on the current generation of every policy.
-	return poll(ctx, "policies Ready", func() (bool, error) {
+	err = poll(ctx, "policies Ready", func() (bool, error) {
 		for _, p := range ps {
 			var cur v1alpha1.ContainerNetworkPolicy
 			if err := d.env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
@@ -149,6 +150,10 @@ func (d *demo) applyPolicy(ctx context.Context) error {
 		}
 		return true, nil
 	})
+	if err != nil {
+		return err
+	}
+	return d.waitCiliumImported(ctx, since)
 }
 
 func (d *demo) listPolicies(ctx context.Context) ([]v1alpha1.ContainerNetworkPolicy, error) {
@@ -303,6 +308,9 @@ type connection struct {
 	path           string
 	allow          bool
 	why            string
+	// cilium is what Cilium's own Hubble must show for it on the Cilium
+	// node, and ciliumWhy why.
+	cilium, ciliumWhy string
 }
 
 func (c connection) target(d *demo) string {
@@ -324,21 +332,34 @@ func (c connection) label() (from, to string) {
 // matrix is the scenario's connections. The expectations come from the
 // policy's meaning, stated in each why.
 var matrix = []connection{
-	{"web", "app", "GET", "payments", 8080, "/charge", true, "no policy restricts the app's egress"},
-	{"web", "log-shipper", "POST", "payments", 8080, "/charge", false, "log-shipper may only reach logging:8080"},
-	{"web", "log-shipper", "POST", "logging", 8080, "/ingest", true, "the one destination log-shipper may reach"},
-	{"web", "log-shipper", "GET", "", 9090, "/admin", false, "the admin port accepts only the app"},
-	{"web", "app", "GET", "", 9090, "/admin", true, "the app may reach its own admin port"},
-	{"payments", "payments", "GET", "web", 8080, "/", true, "the app's public port is open to all"},
-	{"payments", "payments", "GET", "web", 9090, "/admin", false, "the admin port accepts only the app"},
+	{"web", "app", "GET", "payments", 8080, "/charge", true, "no policy restricts the app's egress",
+		ciliumForwarded, "the generated CNP has no default deny, so Cilium allows the pod's other egress"},
+	{"web", "log-shipper", "POST", "payments", 8080, "/charge", false, "log-shipper may only reach logging:8080",
+		ciliumNoFlow, "refused at connect() inside the pod: no packet reached Cilium"},
+	{"web", "log-shipper", "POST", "logging", 8080, "/ingest", true, "the one destination log-shipper may reach",
+		ciliumForwarded, "the generated CNP allows web -> logging:8080"},
+	{"web", "log-shipper", "GET", "", 9090, "/admin", false, "the admin port accepts only the app",
+		ciliumLoopback, "loopback inside the pod: Cilium's datapath never sees it"},
+	{"web", "app", "GET", "", 9090, "/admin", true, "the app may reach its own admin port",
+		ciliumLoopback, "loopback inside the pod: Cilium's datapath never sees it"},
+	{"payments", "payments", "GET", "web", 8080, "/", true, "the app's public port is open to all",
+		ciliumForwarded, "the generated CNP allows all to web:8080"},
+	{"payments", "payments", "GET", "web", 9090, "/admin", false, "the admin port accepts only the app",
+		ciliumForwarded, "Cilium delivers it to the web pod (its identity may reach the pod); sidewall drops it at the app's cgroup"},
 }
 
 func (d *demo) trafficMatrix(ctx context.Context) error {
 	d.heading("4. Real connections, made by processes in each container's cgroup (sidewall's BPF datapath decides)")
-	w := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "FROM\tTO\tEXPECTED\tACTUAL\tRESULT")
-	for _, c := range matrix {
+	type row struct {
+		expected, actual string
+		ok               bool
+	}
+	rows := make([]row, len(matrix))
+	windows := make([]rowWindow, len(matrix))
+	for i, c := range matrix {
+		windows[i].from = time.Now()
 		status, body, err := d.node.HTTP(ctx, d.pods[c.pod], c.container, c.method, c.target(d), requestTimeout)
+		windows[i].to = time.Now()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -348,18 +369,46 @@ func (d *demo) trafficMatrix(ctx context.Context) error {
 			return fmt.Errorf("connection %s/%s -> %s: %w", c.pod, c.container, c.target(d), err)
 		}
 		allowed, actual := outcome(status, body, connErr)
-		from, to := c.label()
-		expected := "denied"
+		rows[i] = row{expected: "denied", actual: actual, ok: allowed != nil && *allowed == c.allow}
 		if c.allow {
-			expected = "allowed"
+			rows[i].expected = "allowed"
 		}
-		ch := check{name: from + " → " + to, expected: expected, actual: actual, ok: allowed != nil && *allowed == c.allow}
+		// The connection's last packets must not fall into the next row's
+		// window of Cilium's flows.
+		time.Sleep(100 * time.Millisecond)
+	}
+	var verdicts []string
+	if d.cilium {
+		var err error
+		if verdicts, err = d.ciliumVerdicts(ctx, windows); err != nil {
+			return fmt.Errorf("Cilium's verdicts from its Hubble: %w", err)
+		}
+	}
+	w := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	if d.cilium {
+		fmt.Fprintln(w, "FROM\tTO\tEXPECTED\tACTUAL (sidewall)\tCILIUM (its Hubble)\tRESULT")
+	} else {
+		fmt.Fprintln(w, "FROM\tTO\tEXPECTED\tACTUAL\tRESULT")
+	}
+	for i, c := range matrix {
+		from, to := c.label()
+		r := rows[i]
+		ch := check{name: from + " → " + to, expected: r.expected, actual: r.actual, ok: r.ok}
+		ciliumCol := ""
+		if d.cilium {
+			ciliumCol = verdicts[i] + "\t"
+			if verdicts[i] != c.cilium {
+				ch.ok = false
+				ch.expected += ", Cilium " + c.cilium
+				ch.actual += ", Cilium " + verdicts[i]
+			}
+		}
 		d.checks = append(d.checks, ch)
 		result := "ok"
 		if !ch.ok {
 			result = "MISMATCH"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", from, to, expected, actual, result)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s%s\n", from, to, r.expected, r.actual, ciliumCol, result)
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -368,6 +417,9 @@ func (d *demo) trafficMatrix(ctx context.Context) error {
 	for _, c := range matrix {
 		from, to := c.label()
 		fmt.Fprintf(d.out, "  %s → %s: %s\n", from, to, c.why)
+		if d.cilium {
+			fmt.Fprintf(d.out, "      Cilium %s: %s\n", c.cilium, c.ciliumWhy)
+		}
 	}
 	fmt.Fprintln(d.out, "\nThe app and log-shipper share one network namespace, one IP and one Cilium identity:")
 	fmt.Fprintln(d.out, "no pod-level policy can tell these rows apart.")
@@ -400,7 +452,7 @@ const jqFlow = `.flow | "\(.time[11:23]) \(.source.namespace)/\(.source.pod_name
 // showHubble runs the stock hubble CLI against the agent's Hubble API,
 // as a user would.
 func (d *demo) showHubble(ctx context.Context) error {
-	d.heading("5. hubble observe (the stock Hubble CLI, against the agent's Hubble API)")
+	d.heading("5. hubble observe (the stock Hubble CLI, against sidewall-agent's Hubble API, then Cilium's)")
 	all := []string{"observe", "--server", d.hubbleAt, "--last", "100", "--verdict", "DROPPED"}
 	shipper := append(append([]string{}, all...), "--from-label", "sidewall.io/container=log-shipper")
 	shipperJSON := append(append([]string{}, shipper...), "-o", "jsonpb")
@@ -451,6 +503,9 @@ func (d *demo) showHubble(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintf(d.out, "$ hubble %s\n%s\n\n", strings.Join(app, " "), orNone(outApp))
+	if err := d.showCiliumHubble(ctx); err != nil {
+		return err
+	}
 
 	// raw is the CLI's own JSON, whatever jq made of it.
 	shows := strings.Contains(raw, `"DROPPED"`) && strings.Contains(raw, payments) && strings.Contains(raw, "k8s:sidewall.io/container=log-shipper")
@@ -495,12 +550,22 @@ func (d *demo) runHubble(ctx context.Context, args ...string) (string, error) {
 
 func (d *demo) showLimits() {
 	d.heading("6. What this local demo does not show")
-	fmt.Fprintln(d.out, `- The HTTP rule (log-shipper: only POST /ingest to logging:8080) is enforced by Cilium's Envoy
+	if d.cilium {
+		fmt.Fprintln(d.out, `- The HTTP rule (log-shipper: only POST /ingest to logging:8080) is Envoy's to enforce. Cilium runs
+  here with its L7 proxy on and imported the rule (it configured an Envoy listener for it), but no
+  Envoy runs on this machine (cilium-envoy is C++ and cannot be built here). With no Envoy to take
+  the listener, Cilium forwards the request at L3/L4: its Hubble shows it FORWARDED to the endpoint,
+  not to the proxy. In a cluster, a GET /admin from log-shipper to logging:8080 gets "403 Access
+  denied" from Envoy; sidewall's tests check the HTTP rules with Cilium's own policy engine instead.
+- Cilium's flows name the pod, not the container; sidewall's Hubble (section 5) names the container.`)
+		return
+	}
+	fmt.Fprintln(d.out, `- No Cilium runs in this mode (--cilium=false): peer identities come from pod labels (the agent's
+  local identity source), and the pods are wired by sidewall's harness, not by cilium-cni.
+- The HTTP rule (log-shipper: only POST /ingest to logging:8080) is enforced by Cilium's Envoy
   in a real cluster: there a GET /admin from log-shipper to logging:8080 gets "403 Access denied".
-  No Cilium runs here, so the demo shows the generated CiliumNetworkPolicy (section 2) instead
-  of an Envoy 403; sidewall's datapath enforces the L3/L4 part per container (section 4).
-  demo/kind shows the 403 on a machine with Docker.
-- Peer identities come from pod labels (the agent's local identity source), not from Cilium.`)
+  The demo shows the generated CiliumNetworkPolicy (section 2) instead of an Envoy 403;
+  sidewall's datapath enforces the L3/L4 part per container (section 4).`)
 }
 
 // findHubble returns the hubble CLI: the flag, else bin/hubble of the

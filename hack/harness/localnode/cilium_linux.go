@@ -112,6 +112,15 @@ func (n *Node) HubbleSocket() string {
 	return filepath.Join(n.cilium.stateDir(), "hubble.sock")
 }
 
+// NetnsName is the node network namespace the Cilium agent runs in
+// (empty without Cilium), as `ip netns exec` takes it.
+func (n *Node) NetnsName() string {
+	if n.cilium == nil {
+		return ""
+	}
+	return n.cilium.nsName
+}
+
 // CiliumSocket is the Cilium agent's API socket (empty without Cilium).
 func (n *Node) CiliumSocket() string {
 	if n.cilium == nil {
@@ -513,7 +522,14 @@ func (c *ciliumNode) addPod(n *Node, p *Pod) error {
 		p.NetNSName, p.NetNSPath = "", ""
 		return fmt.Errorf("create network namespace: %w", err)
 	}
+	// The container runtime brings up the pod's loopback (the CNI
+	// "loopback" plugin's job); cilium-cni sets up only eth0. Without lo,
+	// 127.0.0.1 would leave the pod by its default route.
+	err = bringUpLoopback(ns)
 	ns.Close()
+	if err != nil {
+		return fmt.Errorf("bring up lo in %s: %w", p.NetNSName, err)
+	}
 	out, err := c.cni("ADD", p)
 	if err != nil {
 		return err

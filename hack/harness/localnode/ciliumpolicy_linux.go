@@ -194,9 +194,9 @@ func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, err
 }
 
 // CiliumFlows returns the flows the Cilium agent's own Hubble recorded
-// since the given time that match the filters (a flow matches if any
-// filter does), oldest first.
-func (n *Node) CiliumFlows(ctx context.Context, since time.Time, filters ...*flowpb.FlowFilter) ([]*flowpb.Flow, error) {
+// from since to until (zero: now) that match the filters (a flow matches
+// if any filter does), oldest first.
+func (n *Node) CiliumFlows(ctx context.Context, since, until time.Time, filters ...*flowpb.FlowFilter) ([]*flowpb.Flow, error) {
 	if n.cilium == nil {
 		return nil, errors.New("the node runs no Cilium")
 	}
@@ -207,10 +207,11 @@ func (n *Node) CiliumFlows(ctx context.Context, since time.Time, filters ...*flo
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	stream, err := observerpb.NewObserverClient(conn).GetFlows(ctx, &observerpb.GetFlowsRequest{
-		Since:     timestamppb.New(since),
-		Whitelist: filters,
-	})
+	req := &observerpb.GetFlowsRequest{Since: timestamppb.New(since), Whitelist: filters}
+	if !until.IsZero() {
+		req.Until = timestamppb.New(until)
+	}
+	stream, err := observerpb.NewObserverClient(conn).GetFlows(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("cilium hubble: %w", err)
 	}

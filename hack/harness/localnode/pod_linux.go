@@ -596,6 +596,20 @@ func (n *Node) buildStatus(p *Pod, cur *corev1.Pod, phase corev1.PodPhase) corev
 	return st
 }
 
+// bringUpLoopback sets the lo of the network namespace ns up.
+func bringUpLoopback(ns netns.NsHandle) error {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
+}
+
 // setupPodNetwork plays the CNI plugin: a named network namespace, a veth
 // whose pod end is eth0 with the pod's address, the host end on the bridge.
 // The pod gets no default route: it reaches only the bridge's range.
@@ -648,11 +662,7 @@ func (n *Node) setupPodNetwork(p *Pod) error {
 		return fmt.Errorf("netlink in %s: %w", p.NetNSName, err)
 	}
 	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err == nil {
-		err = h.LinkSetUp(lo)
-	}
-	if err != nil {
+	if err := bringUpLoopback(ns); err != nil {
 		return fmt.Errorf("bring up lo in %s: %w", p.NetNSName, err)
 	}
 	eth0, err := h.LinkByName("eth0")
