@@ -52,6 +52,10 @@ type Options struct {
 	CiliumNode bool
 	// CiliumL7Proxy turns the Cilium node's L7 proxy on (localnode.Cilium).
 	CiliumL7Proxy bool
+	// CiliumWithoutKPR runs the Cilium node without kube-proxy
+	// replacement (no socket LB): Services need a kube-proxy stand-in
+	// (localnode.Node.ProxyService).
+	CiliumWithoutKPR bool
 	// MaxEntries overrides datapath map sizes when the maps are created.
 	MaxEntries map[string]uint32
 	// LogLevel of the agent's log, which goes to the test log.
@@ -102,7 +106,7 @@ func New(t testing.TB, o Options) *Node {
 		if lo.Cilium, err = localnode.CiliumTools(n.Env.Config); err != nil {
 			t.Fatalf("cilium node: %v", err)
 		}
-		lo.Cilium.KubeProxyReplacement = true
+		lo.Cilium.KubeProxyReplacement = !o.CiliumWithoutKPR
 		lo.Cilium.L7Proxy = o.CiliumL7Proxy
 		// The agent compiles its datapath at start: minutes on this machine.
 		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute)

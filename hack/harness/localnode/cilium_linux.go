@@ -657,3 +657,48 @@ func dialInNetns(name, addr string, timeout time.Duration) (c net.Conn, err erro
 	})
 	return c, err
 }
+
+// ProxyService plays kube-proxy in iptables mode for one Service port on
+// a Cilium node that runs without kube-proxy replacement: a DNAT rule in
+// the node's network namespace from the Service address to one backend,
+// in a chain of its own. It returns a function that reads how many
+// packets the rule translated, so a test can tell that the stand-in, not
+// Cilium, load-balanced the connection.
+func (n *Node) ProxyService(proto string, svc, backend netip.AddrPort) (translated func() (int, error), err error) {
+	if n.cilium == nil {
+		return nil, errors.New("proxy service: the node runs no Cilium")
+	}
+	chain := "SWKP-" + n.id
+	ipt := func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", n.cilium.nsName, "iptables", "-w", "-t", "nat"}, args...)...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("kube-proxy stand-in: iptables %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out), nil
+	}
+	if _, err := ipt("-S", chain); err != nil {
+		if _, err := ipt("-N", chain); err != nil {
+			return nil, err
+		}
+		if _, err := ipt("-I", "PREROUTING", "-j", chain); err != nil {
+			return nil, err
+		}
+	}
+	comment := fmt.Sprintf("%s %s->%s", proto, svc, backend)
+	if _, err := ipt("-A", chain, "-d", svc.Addr().String()+"/32", "-p", proto, "--dport", strconv.Itoa(int(svc.Port())),
+		"-m", "comment", "--comment", comment, "-j", "DNAT", "--to-destination", backend.String()); err != nil {
+		return nil, err
+	}
+	return func() (int, error) {
+		out, err := ipt("-L", chain, "-n", "-v", "-x")
+		if err != nil {
+			return 0, err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 1 && strings.Contains(line, comment) {
+				return strconv.Atoi(f[0])
+			}
+		}
+		return 0, fmt.Errorf("kube-proxy stand-in: no rule %q in:\n%s", comment, out)
+	}, nil
+}
