@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,8 @@ import (
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -187,6 +190,30 @@ spec:
 				t.Fatalf("restart %s: the sidecar's stream stopped getting EPERM (%d -> %d): is it running?\n%s", st.name, before, after, stream.Output())
 			}
 			t.Logf("restart %s: %d denied sends, 0 arrived", st.name, after-before)
+			// Both stay attached: Cilium's socket LB at its cgroup root,
+			// sidewall's entry programs on the pod's cgroup.
+			waitFor(t, "restart "+st.name+": both datapaths attached", func() error {
+				for _, want := range []struct {
+					cgroup string
+					attach ebpf.AttachType
+					prefix string
+				}{
+					{n.Local.CiliumCgroupRoot(), ebpf.AttachCGroupInet4Connect, "cil_sock4_conn"},
+					{n.Local.CiliumCgroupRoot(), ebpf.AttachCGroupUDP4Sendmsg, "cil_sock4_send"},
+					{web.CgroupDir, ebpf.AttachCGroupInet4Connect, "sw_entry_"},
+					{web.CgroupDir, ebpf.AttachCGroupInetEgress, "sw_entry_"},
+					{web.CgroupDir, ebpf.AttachCGroupInetIngress, "sw_entry_"},
+				} {
+					names, err := attachedPrograms(want.cgroup, want.attach)
+					if err != nil {
+						return err
+					}
+					if !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, want.prefix) }) {
+						return fmt.Errorf("%s on %s: attached %v, want a %s* program", want.attach, want.cgroup, names, want.prefix)
+					}
+				}
+				return nil
+			})
 		}
 		ctlRx := len(received(control.Output()))
 		waitFor(t, "the app's stream arrives after the restarts", func() error {
@@ -410,4 +437,31 @@ func waitFor(t *testing.T, what string, cond func() error) {
 func createService(t *testing.T, n *agentnode.Node, name string, backend *localnode.Pod) netip.AddrPort {
 	t.Helper()
 	return n.CreateService(n.Namespace, name, backend, "http", corev1.ProtocolTCP, 80, 8080)
+}
+
+// attachedPrograms names the programs the kernel runs at one cgroup hook.
+func attachedPrograms(cgroup string, attach ebpf.AttachType) ([]string, error) {
+	f, err := os.Open(cgroup)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: attach})
+	if err != nil {
+		return nil, fmt.Errorf("query %s programs of %s: %w", attach, cgroup, err)
+	}
+	var names []string
+	for _, p := range res.Programs {
+		prog, err := ebpf.NewProgramFromID(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			return nil, err
+		}
+		names = append(names, info.Name)
+	}
+	return names, nil
 }

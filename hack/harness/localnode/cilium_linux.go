@@ -112,6 +112,15 @@ func (n *Node) HubbleSocket() string {
 	return filepath.Join(n.cilium.stateDir(), "hubble.sock")
 }
 
+// CiliumCgroupRoot is the Cilium agent's --cgroup-root, where its socket
+// LB programs attach (empty without Cilium).
+func (n *Node) CiliumCgroupRoot() string {
+	if n.cilium == nil {
+		return ""
+	}
+	return n.cilium.cgroupDir()
+}
+
 // NetnsName is the node network namespace the Cilium agent runs in
 // (empty without Cilium), as `ip netns exec` takes it.
 func (n *Node) NetnsName() string {
