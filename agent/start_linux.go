@@ -118,6 +118,12 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fail closed: on a host whose kernel can stop matching sockets to
+	// their cgroup v2 cgroups, attaching to the pods' cgroups would
+	// enforce nothing.
+	if err := cgroups.CheckHostSocketMatching(); err != nil {
+		return nil, fmt.Errorf("refusing to start: %w", err)
+	}
 	resolver, err := cgroups.NewResolver(o.Cgroups)
 	if err != nil {
 		return nil, fmt.Errorf("find kubepods cgroup: %w", err)
