@@ -5,9 +5,11 @@ import (
 
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sidewall/sidewall/bpfext"
@@ -124,6 +126,13 @@ func (a *Agent) newTables() tables {
 				var errs []error
 				for cg, path := range m {
 					if _, err := dp.Attach(path); err != nil {
+						// The kernel refuses with EPERM below an ancestor's
+						// exclusive attachment: name it.
+						if errors.Is(err, unix.EPERM) {
+							if why := bpfext.CheckAttachable(a.cfg.Cgroups.Mount(), filepath.Dir(path)); why != nil {
+								err = fmt.Errorf("%w: %w", err, why)
+							}
+						}
 						errs = append(errs, err)
 						a.attachFailed[cg] = err
 						continue

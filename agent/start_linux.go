@@ -128,6 +128,12 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find kubepods cgroup: %w", err)
 	}
+	// An ancestor's exclusive or overriding attachment would make every
+	// pod's attachment fail, or switch off that ancestor's program for
+	// the pods: say so now, not pod by pod.
+	if err := bpfext.CheckAttachable(resolver.Mount(), resolver.Layout().Kubepods); err != nil {
+		return nil, fmt.Errorf("refusing to start: %w", err)
+	}
 	dp, err := bpfext.Load(bpfext.Options{PinDir: o.PinDir, BPFFSRoot: o.BPFFSRoot, MaxEntries: o.MaxEntries})
 	if err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
