@@ -18,8 +18,9 @@ import (
 type Service struct {
 	// Namespace and Name name the Service (for flows).
 	Namespace, Name string
-	// Addrs are the addresses the Service is reached on: ClusterIPs (and
-	// ExternalIPs, which Cilium load-balances too).
+	// Addrs are the addresses the Service is reached on: ClusterIPs,
+	// ExternalIPs and LoadBalancer ingress IPs, which Cilium load-balances
+	// too.
 	Addrs []netip.Addr
 	Ports []ServicePort
 }
@@ -28,6 +29,10 @@ type Service struct {
 type ServicePort struct {
 	Protocol uint8 // bpfext.ProtoTCP, ProtoUDP, ProtoSCTP
 	Port     uint16
+	// NodePort, if not 0, is the port the Service is also reached on at
+	// every node address (Cilium's socket LB translates a connect to any
+	// node's address on it, as kube-proxy does on the node).
+	NodePort uint16
 	// Backends are the ready endpoints' addresses with the port each
 	// listens on (the EndpointSlice port of the same name).
 	Backends []netip.AddrPort
@@ -54,7 +59,14 @@ func (c *compiler) services() {
 		policyIDs = append(policyIDs, id)
 	}
 	sort.Slice(policyIDs, func(i, j int) bool { return policyIDs[i] < policyIDs[j] })
+	restricted := map[uint32]bool{}
+	for _, ct := range c.out.Containers {
+		if ct.EgressRestricted {
+			restricted[ct.PolicyID] = true
+		}
+	}
 	for _, svc := range svcs {
+		c.nodePorts(svc, policyIDs, restricted)
 		for _, addr := range svc.Addrs {
 			addr = addr.Unmap()
 			if !addr.IsValid() || c.peerIPs[addr] {
@@ -77,6 +89,35 @@ func (c *compiler) services() {
 						c.out.Rules[pid] = append(c.out.Rules[pid], r)
 					}
 				}
+			}
+		}
+	}
+}
+
+// nodePorts decides a Service's node ports for every policy. A node port
+// is reached on the node addresses, whose identities (host, remote-node)
+// the policy may grant for other reasons, so each policy gets an explicit
+// rule for the port on both: the backends' verdict when serviceRule has
+// one, else the container's default (deny when its egress is restricted).
+// A deny on the node identities in the policy still wins, as a deny always
+// does: fail closed.
+func (c *compiler) nodePorts(svc Service, policyIDs []uint32, restricted map[uint32]bool) {
+	for _, sp := range svc.Ports {
+		if sp.NodePort == 0 {
+			continue
+		}
+		for _, pid := range policyIDs {
+			rules := c.out.Rules[pid]
+			r, ok := c.serviceRule(rules, sp)
+			if !ok {
+				r = bpfext.Rule{Direction: bpfext.Egress, Action: bpfext.ActionAllow}
+				if restricted[pid] {
+					r.Action = bpfext.ActionDeny
+				}
+			}
+			for _, node := range []uint32{bpfext.IdentityHost, bpfext.IdentityRemoteNode} {
+				r.PolicyID, r.Peer, r.Protocol, r.PortLow = pid, node, sp.Protocol, sp.NodePort
+				c.out.Rules[pid] = append(c.out.Rules[pid], r)
 			}
 		}
 	}

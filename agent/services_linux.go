@@ -37,12 +37,19 @@ func (a *Agent) serviceTable() ([]Service, error) {
 	return out, nil
 }
 
-// toService is a Service as the datapath decides it: its ClusterIPs and
-// ExternalIPs, and per port the ready backends with their target port.
-// Headless Services have no address to decide (clients reach the pods).
+// toService is a Service as the datapath decides it: its ClusterIPs,
+// ExternalIPs and LoadBalancer ingress IPs, and per port the node port and
+// the ready backends with their target port. Headless Services have no
+// address to decide (clients reach the pods).
 func toService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (Service, bool) {
 	s := Service{Namespace: svc.Namespace, Name: svc.Name}
-	for _, ip := range append(append([]string(nil), svc.Spec.ClusterIPs...), svc.Spec.ExternalIPs...) {
+	addrs := append(append([]string(nil), svc.Spec.ClusterIPs...), svc.Spec.ExternalIPs...)
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			addrs = append(addrs, in.IP)
+		}
+	}
+	for _, ip := range addrs {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			s.Addrs = append(s.Addrs, a)
 		}
@@ -56,6 +63,9 @@ func toService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (Servic
 			continue
 		}
 		port := ServicePort{Protocol: proto, Port: uint16(sp.Port)}
+		if svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			port.NodePort = uint16(sp.NodePort)
+		}
 		for _, sl := range slices {
 			for _, ep := range sl.Endpoints {
 				if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {

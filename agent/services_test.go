@@ -138,3 +138,48 @@ spec:
 		}
 	}
 }
+
+// A node port is decided on the Service's backends on every node address
+// (host and remote-node identities), even where the policy grants the host
+// for other ports: Cilium translates a connect to nodeIP:nodePort to a
+// backend before its policy sees it.
+func TestCompileNodePorts(t *testing.T) {
+	rs := ruleSet(t, `
+metadata: {name: shipper}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [log-shipper]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toEntities: [host, remote-node]
+`)
+	np := func(name, vip string, nodePort uint16, backend netip.Addr) Service {
+		return Service{Namespace: "shop", Name: name, Addrs: []netip.Addr{netip.MustParseAddr(vip)},
+			Ports: []ServicePort{{Protocol: bpfext.ProtoTCP, Port: 80, NodePort: nodePort, Backends: []netip.AddrPort{netip.AddrPortFrom(backend, 8080)}}}}
+	}
+	services := []Service{np("a", "10.96.0.10", 30080, ipA), np("b", "10.96.0.20", 30081, ipB)}
+	s := Compile(Input{Pods: []PodState{webPod(ipWeb.String())}, RuleSets: []*translator.RuleSet{rs}, Identities: snapshot(), Services: services}, NewIDs())
+	host, remote := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	s.Identities[netip.PrefixFrom(host, 32)] = bpfext.IdentityHost
+	s.Identities[netip.PrefixFrom(remote, 32)] = bpfext.IdentityRemoteNode
+	const shipper, app = 101, 102
+	for _, c := range []struct {
+		cgroup  uint64
+		node    netip.Addr
+		port    uint16
+		allowed bool
+	}{
+		{shipper, host, 30080, true},    // its backend a:8080 is granted
+		{shipper, remote, 30080, true},  // on every node
+		{shipper, host, 30081, false},   // b is not, though the host is granted
+		{shipper, remote, 30081, false}, //
+		{shipper, host, 22, true},       // the host grant holds on other ports
+		{app, host, 30080, false},       // a:8080 is the sidecar's, exclusively
+	} {
+		got, why := datapathVerdict(s, c.cgroup, bpfext.Egress, false, 0, c.node, bpfext.ProtoTCP, c.port)
+		if got != c.allowed {
+			t.Errorf("container cgroup %d -> %s:%d: allowed=%t (%s), want %t", c.cgroup, c.node, c.port, got, why, c.allowed)
+		}
+	}
+}

@@ -253,6 +253,32 @@ spec:
 		dial(web, "app", logSvc, false) // the sidecar's grant is exclusive
 	})
 
+	t.Run("node ports are decided on their backends", func(t *testing.T) {
+		_, logNP := n.CreateNodePortService(n.Namespace, "logging-np", logging, "http", corev1.ProtocolTCP, 80, 8080)
+		_, payNP := n.CreateNodePortService(n.Namespace, "payments-np", payments, "http", corev1.ProtocolTCP, 80, 8080)
+		// The node's own address: Cilium's socket LB translates a connect
+		// to it on a node port to a backend, after sidewall's hook saw it.
+		node := n.Local.HostIP()
+		dial := func(container string, port uint16, allowed bool) {
+			t.Helper()
+			addr := netip.AddrPortFrom(node, port).String()
+			waitFor(t, fmt.Sprintf("web/%s -> node %s (allowed=%t)", container, addr, allowed), func() error {
+				_, err := n.Local.Dial(context.Background(), web, container, "tcp", addr, 2*time.Second)
+				switch {
+				case allowed && err != nil:
+					return err
+				case !allowed && !errors.Is(err, syscall.EPERM):
+					return fmt.Errorf("got %v, want EPERM", err)
+				}
+				return nil
+			})
+		}
+		dial("log-shipper", logNP, true)
+		dial("log-shipper", payNP, false)
+		dial("app", payNP, true) // unrestricted: through Cilium's node port
+		dial("app", logNP, false) // the sidecar's grant is exclusive
+	})
+
 	t.Run("DNS through the kube-dns Service", func(t *testing.T) {
 		exe, err := os.Executable()
 		if err != nil {

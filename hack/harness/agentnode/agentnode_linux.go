@@ -333,17 +333,43 @@ func (n *Node) Expect(p *localnode.Pod, container string, peer *localnode.Pod, p
 	}
 }
 
-// CreateService makes a ClusterIP Service with one port in namespace ns,
-// backed by a pod's target port, and its EndpointSlice (envtest runs no
-// EndpointSlice controller); both go when the test ends. It returns the
-// Service's address.
+// CreateService makes a ClusterIP Service with one port and an
+// EndpointSlice with one ready backend, removed when the test ends, and
+// returns its ClusterIP and port.
 func (n *Node) CreateService(ns, name string, backend *localnode.Pod, portName string, proto corev1.Protocol, port, target int32) netip.AddrPort {
+	n.t.Helper()
+	svc := n.createService(ns, name, corev1.ServiceTypeClusterIP, backend, portName, proto, port, target)
+	return clusterIP(n.t, svc)
+}
+
+// CreateNodePortService is CreateService for a NodePort Service; it also
+// returns the node port the API server allocated.
+func (n *Node) CreateNodePortService(ns, name string, backend *localnode.Pod, portName string, proto corev1.Protocol, port, target int32) (netip.AddrPort, uint16) {
+	n.t.Helper()
+	svc := n.createService(ns, name, corev1.ServiceTypeNodePort, backend, portName, proto, port, target)
+	if svc.Spec.Ports[0].NodePort == 0 {
+		n.t.Fatalf("service %s/%s has no node port", ns, name)
+	}
+	return clusterIP(n.t, svc), uint16(svc.Spec.Ports[0].NodePort)
+}
+
+func clusterIP(t testing.TB, svc *corev1.Service) netip.AddrPort {
+	t.Helper()
+	ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil {
+		t.Fatalf("service %s/%s has no ClusterIP: %v", svc.Namespace, svc.Name, err)
+	}
+	return netip.AddrPortFrom(ip, uint16(svc.Spec.Ports[0].Port))
+}
+
+func (n *Node) createService(ns, name string, typ corev1.ServiceType, backend *localnode.Pod, portName string, proto corev1.Protocol, port, target int32) *corev1.Service {
 	t := n.t
 	t.Helper()
 	ctx := context.Background()
 	svc, err := n.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.ServiceSpec{
+			Type:  typ,
 			Ports: []corev1.ServicePort{{Name: portName, Port: port, TargetPort: intstr.FromInt32(target), Protocol: proto}},
 		},
 	}, metav1.CreateOptions{})
@@ -366,11 +392,7 @@ func (n *Node) CreateService(ns, name string, backend *localnode.Pod, portName s
 	t.Cleanup(func() {
 		_ = n.Client.DiscoveryV1().EndpointSlices(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-	ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
-	if err != nil {
-		t.Fatalf("service %s/%s has no ClusterIP: %v", ns, name, err)
-	}
-	return netip.AddrPortFrom(ip, uint16(port))
+	return svc
 }
 
 // RandHex returns n random bytes in hex, for unique names.
