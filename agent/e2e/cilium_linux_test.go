@@ -275,7 +275,7 @@ spec:
 		}
 		dial("log-shipper", logNP, true)
 		dial("log-shipper", payNP, false)
-		dial("app", payNP, true) // unrestricted: through Cilium's node port
+		dial("app", payNP, true)  // unrestricted: through Cilium's node port
 		dial("app", logNP, false) // the sidecar's grant is exclusive
 	})
 
