@@ -299,8 +299,9 @@ func (c *compiler) warn(format string, args ...any) {
 // podIdentityLabels are the labels a pod is selected by, as Cilium selects
 // an endpoint: its identity's labels (pod labels after Cilium's label
 // filter, namespace labels, service account, cluster), from the identity
-// source. A pod whose identity is not known yet falls back to its own
-// labels, as the controller selects it.
+// source. A pod whose identity is not known yet falls back to the labels
+// Cilium would derive from the pod alone (translator.IdentityLabels,
+// without its namespace's labels).
 func (c *compiler) podIdentityLabels(pod *corev1.Pod) labels.LabelArray {
 	for _, ip := range pod.Status.PodIPs {
 		a, err := netip.ParseAddr(ip.IP)
@@ -313,7 +314,7 @@ func (c *compiler) podIdentityLabels(pod *corev1.Pod) labels.LabelArray {
 			}
 		}
 	}
-	return translator.PodLabels(pod)
+	return translator.IdentityLabels(pod, nil, translator.DefaultClusterName)
 }
 
 // container is one container of a pod with its number in the pod.

@@ -7,8 +7,6 @@ import (
 	"sort"
 	"strings"
 
-	k8sconst "github.com/cilium/cilium/pkg/k8s/apis/cilium.io"
-	"github.com/cilium/cilium/pkg/labels"
 	"github.com/cilium/cilium/pkg/policy/api"
 	policytypes "github.com/cilium/cilium/pkg/policy/types"
 	corev1 "k8s.io/api/core/v1"
@@ -43,29 +41,12 @@ func PodContainers(pod *corev1.Pod) []Container {
 	return out
 }
 
-// PodLabels returns the labels Cilium gives a pod's identity that a pod
-// selector can match without reading other objects: the pod's labels, its
-// namespace and its service account. Namespace labels
-// (io.cilium.k8s.namespace.labels.*) would need the Namespace object and are
-// not included.
-func PodLabels(pod *corev1.Pod) labels.LabelArray {
-	m := make(map[string]string, len(pod.Labels)+2)
-	for k, v := range pod.Labels {
-		m[k] = v
-	}
-	m[k8sconst.PodNamespaceLabel] = pod.Namespace
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	m[k8sconst.PolicyLabelServiceAccount] = sa
-	return labels.Map2Labels(m, labels.LabelSourceK8s).LabelArray()
-}
-
 // SelectsPod reports whether a parsed pod selector (RuleSet.PodSelector)
-// selects the pod, the way Cilium matches an endpointSelector.
-func SelectsPod(sel api.EndpointSelector, pod *corev1.Pod) bool {
-	return policytypes.NewLabelSelector(sel).Matches(PodLabels(pod))
+// selects the pod, the way Cilium matches an endpointSelector: against the
+// pod's identity labels (IdentityLabels), with its namespace's labels when
+// ns is given.
+func SelectsPod(sel api.EndpointSelector, pod *corev1.Pod, ns *corev1.Namespace) bool {
+	return policytypes.NewLabelSelector(sel).Matches(IdentityLabels(pod, ns, DefaultClusterName))
 }
 
 // L7Conflict is an L7-restricted peer and port of a pod that several
@@ -91,6 +72,10 @@ type Analysis struct {
 	// UnknownContainers are names in spec.containers.names that no selected
 	// pod has. Empty when no pod is selected.
 	UnknownContainers []string `json:"unknownContainers,omitempty"`
+	// FilteredSelectorKeys are the label keys of spec.podSelector that
+	// Cilium's label filter leaves out of identities (pod-template-hash,
+	// say): a selector on them selects no pod, in Cilium or in sidewall.
+	FilteredSelectorKeys []string `json:"filteredSelectorKeys,omitempty"`
 	// HasL7 is true when the policy has L7 rules.
 	HasL7 bool `json:"hasL7"`
 	// L7Conflicts lists the L7-restricted peers and ports that are not
@@ -126,17 +111,20 @@ type policyView struct {
 	rs *RuleSet
 }
 
-// Analyze computes what policy p does to the pods of its namespace. pods may
-// hold pods of any namespace; all holds the policies of the namespace (p
-// itself may or may not be among them) and is used to see which containers
-// other policies restrict. Invalid policies in all are ignored.
-func Analyze(p *v1alpha1.ContainerNetworkPolicy, pods []corev1.Pod, all []v1alpha1.ContainerNetworkPolicy) Analysis {
+// Analyze computes what policy p does to the pods of its namespace. ns is
+// that namespace (nil if not known: its labels then select nothing), as
+// Cilium selects pods by identity labels, namespace labels included. pods
+// may hold pods of any namespace; all holds the policies of the namespace
+// (p itself may or may not be among them) and is used to see which
+// containers other policies restrict. Invalid policies in all are ignored.
+func Analyze(p *v1alpha1.ContainerNetworkPolicy, ns *corev1.Namespace, pods []corev1.Pod, all []v1alpha1.ContainerNetworkPolicy) Analysis {
 	a := Analysis{ContainerSummary: ContainerSummary(&p.Spec.Containers)}
 	rs, err := ToRuleSet(p)
 	if err != nil {
 		a.Invalid = true
 		return a
 	}
+	a.FilteredSelectorKeys = FilteredKeys(&p.Spec.PodSelector)
 	self := policyView{p: p, rs: rs}
 	for _, r := range rs.Rules {
 		for _, pr := range r.Ports {
@@ -173,7 +161,7 @@ func Analyze(p *v1alpha1.ContainerNetworkPolicy, pods []corev1.Pod, all []v1alph
 		if pod.Namespace != p.Namespace || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		if !SelectsPod(rs.PodSelector, pod) {
+		if !SelectsPod(rs.PodSelector, pod, ns) {
 			continue
 		}
 		a.SelectedPods++
@@ -190,7 +178,7 @@ func Analyze(p *v1alpha1.ContainerNetworkPolicy, pods []corev1.Pod, all []v1alph
 		}
 		var podPolicies []policyView
 		for _, o := range otherPolicies() {
-			if SelectsPod(o.rs.PodSelector, pod) {
+			if SelectsPod(o.rs.PodSelector, pod, ns) {
 				podPolicies = append(podPolicies, o)
 			}
 		}

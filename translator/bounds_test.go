@@ -31,7 +31,7 @@ func TestAnalyzePodSizes(t *testing.T) {
 		big.Spec.Containers = append(big.Spec.Containers, corev1.Container{Name: fmt.Sprintf("app-%d", i)})
 	}
 
-	a := Analyze(p, []corev1.Pod{empty}, nil)
+	a := Analyze(p, nil, []corev1.Pod{empty}, nil)
 	if a.Invalid || a.SelectedPods != 1 || a.SelectedContainers != 0 {
 		t.Errorf("empty pod: invalid %t, %d pods, %d containers; want 1 pod, 0 containers", a.Invalid, a.SelectedPods, a.SelectedContainers)
 	}
@@ -39,7 +39,7 @@ func TestAnalyzePodSizes(t *testing.T) {
 		t.Errorf("empty pod: unknown containers %q, want app-7 and missing", a.UnknownContainers)
 	}
 
-	a = Analyze(p, []corev1.Pod{big, empty}, nil)
+	a = Analyze(p, nil, []corev1.Pod{big, empty}, nil)
 	// The 100 sidecars by role and app-7 by name.
 	if a.SelectedPods != 2 || a.SelectedContainers != 101 {
 		t.Errorf("200-container pod: %d pods, %d containers; want 2, 101", a.SelectedPods, a.SelectedContainers)

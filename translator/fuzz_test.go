@@ -55,6 +55,6 @@ func FuzzTranslate(f *testing.F) {
 			}
 		}
 		p.Namespace = "shop"
-		_ = Analyze(p, pods, []v1alpha1.ContainerNetworkPolicy{*p})
+		_ = Analyze(p, nil, pods, []v1alpha1.ContainerNetworkPolicy{*p})
 	})
 }

@@ -18,7 +18,8 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/cases")
 
 // testCase is one directory under testdata/cases: input.yaml holds the policy
-// under test, then optionally Pods and other policies of the namespace.
+// under test, then optionally Pods, other policies of the namespace and the
+// Namespace itself (for its labels).
 // Rejected cases start with "# validate: <text>" (a text Validate's errors
 // must contain) and "# admission: <text>" (a text the apiserver's refusal
 // must contain, or "accepted" when only Validate catches the error).
@@ -28,6 +29,7 @@ type testCase struct {
 	policy    *v1alpha1.ContainerNetworkPolicy
 	others    []v1alpha1.ContainerNetworkPolicy
 	pods      []corev1.Pod
+	namespace *corev1.Namespace
 	validate  string
 	admission string
 }
@@ -76,6 +78,11 @@ func loadCases(t testing.TB) []testCase {
 					t.Fatalf("%s doc %d: %v", in, i, err)
 				}
 				tc.pods = append(tc.pods, pod)
+			case "Namespace":
+				tc.namespace = &corev1.Namespace{}
+				if err := yaml.UnmarshalStrict(doc, tc.namespace); err != nil {
+					t.Fatalf("%s doc %d: %v", in, i, err)
+				}
 			default:
 				t.Fatalf("%s doc %d: unexpected kind %q", in, i, tm.Kind)
 			}
@@ -218,7 +225,7 @@ func TestGolden(t *testing.T) {
 				removeStale(t, analysisPath)
 				return
 			}
-			a := Analyze(p, tc.pods, append(tc.others, *p))
+			a := Analyze(p, tc.namespace, tc.pods, append(tc.others, *p))
 			st := Status(p, StatusInput{CNPName: cnpName(cnp), Analysis: a})
 			for i := range st.Conditions {
 				st.Conditions[i].LastTransitionTime = metav1.Time{}

@@ -221,7 +221,7 @@ func TestAnalyzeAndStatusReportRisks(t *testing.T) {
 	safe := riskPod("b-safe")
 	risky := riskPod("a-risky")
 	risky.Spec.HostNetwork = true
-	a := Analyze(p, []corev1.Pod{*safe, *risky}, nil)
+	a := Analyze(p, nil, []corev1.Pod{*safe, *risky}, nil)
 	if a.Invalid {
 		t.Fatal("policy is invalid")
 	}
@@ -243,7 +243,7 @@ func TestAnalyzeAndStatusReportRisks(t *testing.T) {
 			t.Errorf("message %q lacks %q", c.Message, w)
 		}
 	}
-	st = Status(p, StatusInput{Analysis: Analyze(p, []corev1.Pod{*safe}, nil)})
+	st = Status(p, StatusInput{Analysis: Analyze(p, nil, []corev1.Pod{*safe}, nil)})
 	for _, c := range st.Conditions {
 		if c.Type == v1alpha1.ConditionBypassRisk && (c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonNoBreakoutRisk) {
 			t.Fatalf("BypassRisk condition without risky pods: %+v", c)

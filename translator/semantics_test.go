@@ -282,7 +282,7 @@ func TestWildcardPeerExcludesPodLocal(t *testing.T) {
 func TestRule3L7Precision(t *testing.T) {
 	load := func(name string) (Analysis, string) {
 		tc := findCase(t, name)
-		a := Analyze(tc.policy, tc.pods, append(tc.others, *tc.policy))
+		a := Analyze(tc.policy, nil, tc.pods, append(tc.others, *tc.policy))
 		st := Status(tc.policy, StatusInput{CNPName: "x", Analysis: a})
 		for _, c := range st.Conditions {
 			if c.Type == v1alpha1.ConditionL7Precise {
@@ -307,30 +307,30 @@ func TestRule3L7Precision(t *testing.T) {
 	tc := findCase(t, "l7-shared-other-policy")
 	same := tc.others[0].DeepCopy()
 	same.Spec.Egress[0].ToPorts[0].Rules = tc.policy.Spec.Egress[0].ToPorts[0].Rules.DeepCopy()
-	if a := Analyze(tc.policy, tc.pods, []v1alpha1.ContainerNetworkPolicy{*same}); !a.L7Precise() {
+	if a := Analyze(tc.policy, nil, tc.pods, []v1alpha1.ContainerNetworkPolicy{*same}); !a.L7Precise() {
 		t.Errorf("same L7 rules: conflicts %+v, want none", a.L7Conflicts)
 	}
 	other := tc.others[0].DeepCopy()
 	other.Spec.Egress[0].ToEndpoints[0].MatchLabels["app"] = "metrics"
-	if a := Analyze(tc.policy, tc.pods, []v1alpha1.ContainerNetworkPolicy{*other}); !a.L7Precise() {
+	if a := Analyze(tc.policy, nil, tc.pods, []v1alpha1.ContainerNetworkPolicy{*other}); !a.L7Precise() {
 		t.Errorf("app restricted elsewhere: conflicts %+v, want none", a.L7Conflicts)
 	}
 	// ...but granted the same port with no L7 rules: imprecise.
 	plain := tc.others[0].DeepCopy()
 	plain.Spec.Egress[0].ToPorts[0].Rules = nil
-	if a := Analyze(tc.policy, tc.pods, []v1alpha1.ContainerNetworkPolicy{*plain}); a.L7Precise() {
+	if a := Analyze(tc.policy, nil, tc.pods, []v1alpha1.ContainerNetworkPolicy{*plain}); a.L7Precise() {
 		t.Error("app granted the L7 port without L7 rules: want a SharedPort conflict")
 	}
 }
 
 func TestAnalyzeCountsAndUnknownNames(t *testing.T) {
 	tc := findCase(t, "roles-sidecar-init")
-	a := Analyze(tc.policy, tc.pods, nil)
+	a := Analyze(tc.policy, nil, tc.pods, nil)
 	if a.SelectedPods != 1 || a.SelectedContainers != 2 {
 		t.Errorf("roles sidecar+init: %d pods %d containers, want 1 and 2 (log-shipper, migrate)", a.SelectedPods, a.SelectedContainers)
 	}
 	tc = findCase(t, "unknown-container")
-	a = Analyze(tc.policy, tc.pods, nil)
+	a = Analyze(tc.policy, nil, tc.pods, nil)
 	if len(a.UnknownContainers) != 1 || a.UnknownContainers[0] != "envoy" {
 		t.Errorf("unknown containers %v, want [envoy]", a.UnknownContainers)
 	}
@@ -339,11 +339,11 @@ func TestAnalyzeCountsAndUnknownNames(t *testing.T) {
 	pods = append([]corev1.Pod(nil), pods...)
 	pods[1].Namespace = "other"
 	pods[2].Labels = map[string]string{"app": "api"}
-	if a := Analyze(tc.policy, pods, nil); a.SelectedPods != 1 {
+	if a := Analyze(tc.policy, nil, pods, nil); a.SelectedPods != 1 {
 		t.Errorf("selected %d pods, want 1", a.SelectedPods)
 	}
 	// No pod selected: no unknown names reported.
-	if a := Analyze(tc.policy, nil, nil); a.SelectedPods != 0 || len(a.UnknownContainers) != 0 {
+	if a := Analyze(tc.policy, nil, nil, nil); a.SelectedPods != 0 || len(a.UnknownContainers) != 0 {
 		t.Errorf("no pods: %+v", a)
 	}
 }

@@ -100,6 +100,10 @@ func Status(p *v1alpha1.ContainerNetworkPolicy, in StatusInput) v1alpha1.Contain
 	case len(a.UnknownContainers) > 0:
 		set(v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonUnknownContainer,
 			fmt.Sprintf("spec.containers.names %s: no such container in the %d selected pods", strings.Join(a.UnknownContainers, ","), a.SelectedPods))
+	case a.SelectedPods == 0 && len(a.FilteredSelectorKeys) > 0:
+		set(v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonNoPodsSelected,
+			fmt.Sprintf("policy is in force; no pod is selected: spec.podSelector uses %s, which Cilium's label filter leaves out of identities, so neither Cilium nor sidewall selects pods by it",
+				strings.Join(a.FilteredSelectorKeys, ", ")))
 	case a.SelectedPods == 0:
 		set(v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonNoPodsSelected, "policy is in force; no pod is selected yet")
 	default:

@@ -5,52 +5,27 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/cilium/cilium/pkg/k8s/utils"
 	"github.com/cilium/cilium/pkg/labels"
-	"github.com/cilium/cilium/pkg/labelsfilter"
+
+	"github.com/sidewall/sidewall/translator"
 )
 
 // DefaultClusterName is Cilium's default cluster name, carried by pods in
 // the io.cilium.k8s.policy.cluster label.
-const DefaultClusterName = "default"
+const DefaultClusterName = translator.DefaultClusterName
 
-var labelFilterOnce sync.Once
-
-// PodLabels returns the identity labels Cilium derives for a pod: its labels
-// (minus Cilium-owned ones), its namespace's name and labels, its service
-// account and the cluster name, filtered by Cilium's default identity label
-// prefixes. ns may be nil when the namespace is not known yet.
+// PodLabels returns the identity labels Cilium derives for a pod
+// (translator.IdentityLabels, which the controller selects pods by too).
+// ns may be nil when the namespace is not known yet.
 func PodLabels(pod *corev1.Pod, ns *corev1.Namespace, clusterName string) labels.LabelArray {
-	labelFilterOnce.Do(func() {
-		// Cilium's filter is a process-wide setting that the agent of
-		// Cilium initialises from its config; sidewall uses the defaults.
-		if err := labelsfilter.ParseLabelPrefixCfg(slog.New(slog.DiscardHandler), nil, nil, ""); err != nil {
-			panic(fmt.Sprintf("BUG: cilium's default label prefixes do not parse: %v", err))
-		}
-	})
-	nsInfo := namespaceInfo{name: pod.Namespace}
-	if ns != nil {
-		nsInfo.labels = ns.Labels
-	}
-	m := utils.SanitizePodLabels(pod.Labels, nsInfo, pod.Spec.ServiceAccountName, clusterName)
-	idLabels, _ := labelsfilter.Filter(labels.Map2Labels(m, labels.LabelSourceK8s))
-	return idLabels.LabelArray()
+	return translator.IdentityLabels(pod, ns, clusterName)
 }
-
-type namespaceInfo struct {
-	name   string
-	labels map[string]string
-}
-
-func (n namespaceInfo) GetName() string              { return n.name }
-func (n namespaceInfo) GetLabels() map[string]string { return n.labels }
 
 // PodSource allocates identities for all pods of the cluster from their
 // labels, for clusters without Cilium.

@@ -10,6 +10,7 @@ import (
 	slim_metav1 "github.com/cilium/cilium/pkg/k8s/slim/k8s/apis/meta/v1"
 	"github.com/cilium/cilium/pkg/policy/api"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -337,6 +338,64 @@ func TestCountsFollowPods(t *testing.T) {
 		t.Fatalf("delete pod: %v", err)
 	}
 	counts("sidecars", 0, 0, v1alpha1.ReasonNoPodsSelected)
+}
+
+// Pods are selected as Cilium selects endpoints, by identity labels: a
+// selector on a namespace label follows the Namespace's labels, and one on
+// a label Cilium filters out (pod-template-hash) selects nothing.
+func TestSelectionByIdentityLabels(t *testing.T) {
+	requireEnv(t)
+	ns := env.Namespace(t, t.Name())
+	startController(t, ns)
+	web := webPod(ns, "web-1")
+	web.Labels["pod-template-hash"] = "5d8f7c"
+	create(t, web)
+
+	byTeam := webPolicy(ns, "by-team", "5044")
+	byTeam.Spec.PodSelector = slim_metav1.LabelSelector{MatchLabels: map[string]string{"io.cilium.k8s.namespace.labels.team": "payments"}}
+	create(t, byTeam)
+	byHash := webPolicy(ns, "by-hash", "5044")
+	byHash.Spec.PodSelector = slim_metav1.LabelSelector{MatchLabels: map[string]string{"pod-template-hash": "5d8f7c"}}
+	create(t, byHash)
+
+	selects := func(name string, pods int32) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("%s selects %d pods", name, pods), func() error {
+			if p := getPolicy(t, ns, name); p.Status.SelectedPods != pods || p.Status.ObservedGeneration != p.Generation {
+				return fmt.Errorf("selectedPods %d", p.Status.SelectedPods)
+			}
+			return nil
+		})
+	}
+	selects("by-team", 0)
+	eventually(t, "by-hash says why it selects nothing", func() error {
+		c := meta.FindStatusCondition(getPolicy(t, ns, "by-hash").Status.Conditions, v1alpha1.ConditionReady)
+		if c == nil || !strings.Contains(c.Message, "pod-template-hash") || !strings.Contains(c.Message, "label filter") {
+			return fmt.Errorf("Ready condition %+v does not name the filtered label", c)
+		}
+		return nil
+	})
+
+	label := func(v string) {
+		t.Helper()
+		var n corev1.Namespace
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, &n); err != nil {
+			t.Fatal(err)
+		}
+		if v == "" {
+			delete(n.Labels, "team")
+		} else {
+			n.Labels["team"] = v
+		}
+		if err := env.Client.Update(ctx, &n); err != nil {
+			t.Fatalf("label namespace: %v", err)
+		}
+	}
+	label("payments")
+	selects("by-team", 1)
+	label("")
+	selects("by-team", 0)
+	selects("by-hash", 0)
 }
 
 func TestUnknownContainerReported(t *testing.T) {

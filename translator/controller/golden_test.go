@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/yaml"
 
@@ -32,6 +33,7 @@ type goldenCase struct {
 	validate  string // "# validate:" header: the field Validate names
 	policies  []*v1alpha1.ContainerNetworkPolicy
 	pods      []*corev1.Pod
+	nsLabels  map[string]string // the case's Namespace labels, put on the test's
 	cnp       *ciliumv2.CiliumNetworkPolicy // nil when no CNP is expected
 	status    *v1alpha1.ContainerNetworkPolicyStatus
 }
@@ -63,6 +65,21 @@ func TestGoldenCasesOnAPIServer(t *testing.T) {
 	}, testenv.ManagerOptions{Namespaces: namespaces, Configure: ConfigureManager})
 
 	for _, c := range cases {
+		if len(c.nsLabels) > 0 {
+			var ns corev1.Namespace
+			if err := env.Client.Get(ctx, client.ObjectKey{Name: c.ns}, &ns); err != nil {
+				t.Fatal(err)
+			}
+			if ns.Labels == nil {
+				ns.Labels = map[string]string{}
+			}
+			for k, v := range c.nsLabels {
+				ns.Labels[k] = v
+			}
+			if err := env.Client.Update(ctx, &ns); err != nil {
+				t.Fatalf("label namespace %s: %v", c.ns, err)
+			}
+		}
 		for _, pod := range c.pods {
 			createPod(t, c.ns, pod)
 		}
@@ -207,6 +224,8 @@ func loadGoldenCase(t *testing.T, dir string) *goldenCase {
 				t.Fatalf("%s: decode pod: %v", input, err)
 			}
 			c.pods = append(c.pods, pod)
+		case "Namespace":
+			c.nsLabels = u.GetLabels()
 		default:
 			t.Fatalf("%s: unexpected kind %q", input, u.GetKind())
 		}

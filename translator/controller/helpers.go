@@ -164,11 +164,13 @@ func (c *policyCache) storeAnalysis(p *v1alpha1.ContainerNetworkPolicy, key stri
 // forget drops a deleted policy's entry.
 func (c *policyCache) forget(key types.NamespacedName) { c.m.Delete(key) }
 
-// selectedPods returns the pods sel selects, skipping pods being deleted.
-func selectedPods(sel api.EndpointSelector, pods []corev1.Pod) []corev1.Pod {
+// selectedPods returns the pods sel selects, as Cilium selects them (by
+// identity labels, the labels of their namespace ns included), skipping
+// pods being deleted.
+func selectedPods(sel api.EndpointSelector, pods []corev1.Pod, ns *corev1.Namespace) []corev1.Pod {
 	var out []corev1.Pod
 	for i := range pods {
-		if pods[i].DeletionTimestamp.IsZero() && translator.SelectsPod(sel, &pods[i]) {
+		if pods[i].DeletionTimestamp.IsZero() && translator.SelectsPod(sel, &pods[i], ns) {
 			out = append(out, pods[i])
 		}
 	}
@@ -178,8 +180,11 @@ func selectedPods(sel api.EndpointSelector, pods []corev1.Pod) []corev1.Pod {
 // analysisKey identifies the inputs of one analysis: the policy's
 // generation, the pods (by resourceVersion) and the other policies (by
 // generation).
-func analysisKey(p *v1alpha1.ContainerNetworkPolicy, pods []corev1.Pod, others []v1alpha1.ContainerNetworkPolicy) string {
-	parts := make([]string, 0, len(pods)+len(others))
+func analysisKey(p *v1alpha1.ContainerNetworkPolicy, ns *corev1.Namespace, pods []corev1.Pod, others []v1alpha1.ContainerNetworkPolicy) string {
+	parts := make([]string, 0, len(pods)+len(others)+1)
+	if ns != nil {
+		parts = append(parts, "namespace "+string(ns.UID)+"/"+ns.ResourceVersion)
+	}
 	for i := range pods {
 		parts = append(parts, "pod "+string(pods[i].UID)+"/"+pods[i].ResourceVersion)
 	}

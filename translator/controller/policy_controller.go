@@ -107,6 +107,11 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		Watches(&corev1.Pod{},
 			handler.EnqueueRequestsFromMapFunc(r.policiesForPod),
 			builder.WithPredicates(podChanged)).
+		// Pods are selected by their identity labels, their namespace's
+		// labels among them, as Cilium selects endpoints.
+		Watches(&corev1.Namespace{},
+			handler.EnqueueRequestsFromMapFunc(r.policiesInNamespace),
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		// One policy's grants can make another's L7 rules imprecise.
 		Watches(&v1alpha1.ContainerNetworkPolicy{}, r.l7Siblings(),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -124,7 +129,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // +kubebuilder:rbac:groups=sidewall.io,resources=containernetworkpolicies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=sidewall.io,resources=containernetworkpolicies/finalizers,verbs=update
 // +kubebuilder:rbac:groups=cilium.io,resources=ciliumnetworkpolicies,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicies;validatingadmissionpolicybindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -217,11 +222,15 @@ func (r *PolicyReconciler) analyze(ctx context.Context, policy *v1alpha1.Contain
 	if err := r.Client.List(ctx, &list, client.InNamespace(policy.Namespace)); err != nil {
 		return translator.Analysis{}, fmt.Errorf("list pods: %w", err)
 	}
+	ns, err := r.namespace(ctx, policy.Namespace)
+	if err != nil {
+		return translator.Analysis{}, err
+	}
 	sel, ok := r.cache.selector(policy)
 	if !ok {
-		return translator.Analyze(policy, nil, nil), nil
+		return translator.Analyze(policy, ns, nil, nil), nil
 	}
-	pods := selectedPods(sel, list.Items)
+	pods := selectedPods(sel, list.Items, ns)
 	var others []v1alpha1.ContainerNetworkPolicy
 	if len(pods) > 0 && hasL7(policy) {
 		var all v1alpha1.ContainerNetworkPolicyList
@@ -233,16 +242,16 @@ func (r *PolicyReconciler) analyze(ctx context.Context, policy *v1alpha1.Contain
 			if o.UID == policy.UID {
 				continue
 			}
-			if osel, ok := r.cache.selector(o); ok && len(selectedPods(osel, pods)) > 0 {
+			if osel, ok := r.cache.selector(o); ok && len(selectedPods(osel, pods, ns)) > 0 {
 				others = append(others, *o)
 			}
 		}
 	}
-	key := analysisKey(policy, pods, others)
+	key := analysisKey(policy, ns, pods, others)
 	if a, ok := r.cache.analysis(policy, key); ok {
 		return a, nil
 	}
-	a := translator.Analyze(policy, pods, others)
+	a := translator.Analyze(policy, ns, pods, others)
 	r.cache.storeAnalysis(policy, key, a)
 	return a, nil
 }
@@ -388,6 +397,35 @@ func (r *PolicyReconciler) recordTransitions(policy *v1alpha1.ContainerNetworkPo
 	}
 }
 
+// policiesInNamespace maps a Namespace event (its labels changed) to every
+// policy of the namespace: a selector on a namespace label may select, or
+// stop selecting, its pods.
+func (r *PolicyReconciler) policiesInNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+	var list v1alpha1.ContainerNetworkPolicyList
+	if err := r.Client.List(ctx, &list, client.InNamespace(obj.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "list policies for namespace", "namespace", obj.GetName())
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs
+}
+
+// namespace returns the Namespace object name from the cache, nil if it
+// does not exist (its pods are then selected without namespace labels).
+func (r *PolicyReconciler) namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	var ns corev1.Namespace
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("get namespace %s: %w", name, err)
+	}
+	return &ns, nil
+}
+
 // policiesForPod maps a pod event to the policies of its namespace whose
 // selector matches the pod. Update events call this for the old and the new
 // pod, so a pod leaving a selection is seen too.
@@ -401,13 +439,18 @@ func (r *PolicyReconciler) policiesForPod(ctx context.Context, obj client.Object
 		log.FromContext(ctx).Error(err, "list policies for pod", "pod", client.ObjectKeyFromObject(pod))
 		return nil
 	}
+	ns, err := r.namespace(ctx, pod.Namespace)
+	if err != nil {
+		log.FromContext(ctx).Error(err, "get namespace for pod", "pod", client.ObjectKeyFromObject(pod))
+		return nil
+	}
 	var reqs []reconcile.Request
 	for i := range list.Items {
 		p := &list.Items[i]
 		sel, ok := r.cache.selector(p)
 		// An invalid policy selects nothing, but its status still needs
 		// the pod counts; let it through.
-		if !ok || translator.SelectsPod(sel, pod) {
+		if !ok || translator.SelectsPod(sel, pod, ns) {
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(p)})
 		}
 	}
@@ -441,7 +484,12 @@ func (r *PolicyReconciler) l7Siblings() handler.TypedEventHandler[client.Object,
 			// valid before this change.
 			sel = api.WildcardEndpointSelector
 		}
-		shared := selectedPods(sel, pods.Items)
+		ns, err := r.namespace(ctx, changed.Namespace)
+		if err != nil {
+			logger.Error(err, "get namespace for L7 precision", "namespace", changed.Namespace)
+			return
+		}
+		shared := selectedPods(sel, pods.Items, ns)
 		if len(shared) == 0 {
 			return
 		}
@@ -455,7 +503,7 @@ func (r *PolicyReconciler) l7Siblings() handler.TypedEventHandler[client.Object,
 			if p.UID == changed.UID || !hasL7(p) {
 				continue
 			}
-			if psel, ok := r.cache.selector(p); ok && len(selectedPods(psel, shared)) > 0 {
+			if psel, ok := r.cache.selector(p); ok && len(selectedPods(psel, shared, ns)) > 0 {
 				q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(p)}, siblingDelay)
 			}
 		}
