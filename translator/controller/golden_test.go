@@ -33,7 +33,7 @@ type goldenCase struct {
 	validate  string // "# validate:" header: the field Validate names
 	policies  []*v1alpha1.ContainerNetworkPolicy
 	pods      []*corev1.Pod
-	nsLabels  map[string]string // the case's Namespace labels, put on the test's
+	nsLabels  map[string]string             // the case's Namespace labels, put on the test's
 	cnp       *ciliumv2.CiliumNetworkPolicy // nil when no CNP is expected
 	status    *v1alpha1.ContainerNetworkPolicyStatus
 }
