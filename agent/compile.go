@@ -509,6 +509,9 @@ func (c *compiler) container(pod *corev1.Pod, sets []*translator.RuleSet, all []
 		ruleID := alloc(c.ids.rules, &c.ids.nextRule, key, c.used.rules)
 		c.out.RuleInfos[ruleID] = RuleInfo{Policy: s.rs.Policy, Origin: s.rule.Origin}
 		rules = append(rules, c.rules(s.rule, entry.PolicyID, ruleID, s.exclusive, all)...)
+		if c.in.HostByPolicy && !s.exclusive {
+			rules = append(rules, proxiedIngress(s.rule, entry.PolicyID, ruleID)...)
+		}
 	}
 	if ingress && !c.in.HostByPolicy {
 		// Cilium's allow-localhost: with ingress default deny, Cilium adds
@@ -518,6 +521,32 @@ func (c *compiler) container(pod *corev1.Pod, sets []*translator.RuleSet, all []
 			Peer: bpfext.IdentityHost, Action: bpfext.ActionAllow})
 	}
 	return entry, rules, refs
+}
+
+// proxiedIngress lets Cilium's proxy deliver what an ingress allow rule
+// with HTTP rules admits. Cilium redirects that port to its Envoy, which
+// connects to the pod from the node (it keeps the original source address
+// on egress only: pkg/proxy/envoyproxy.go), so the container sees the
+// host, not the peer. The peer and the HTTP rules are Cilium's to check
+// there; at the cgroup, sidewall decides only which container may receive
+// on the port: the containers this rule selects. Without HostByPolicy the
+// host is allowed anyway (allow-localhost) and this adds nothing.
+func proxiedIngress(r *translator.Rule, policyID, ruleID uint32) []bpfext.Rule {
+	if r.Direction != translator.Ingress || r.Action != translator.Allow || r.Peer.Kind == translator.PeerContainers {
+		return nil
+	}
+	var out []bpfext.Rule
+	for _, p := range r.Ports {
+		if !p.L7 {
+			continue
+		}
+		proto := bpfext.ProtoTCP // HTTP rules are TCP only (Validate)
+		out = append(out, bpfext.Rule{
+			RuleID: ruleID, PolicyID: policyID, Direction: bpfext.Ingress, Peer: bpfext.IdentityHost,
+			Protocol: proto, PortLow: p.From, PortHigh: p.To, Action: bpfext.ActionAllow,
+		})
+	}
+	return out
 }
 
 type peer struct {

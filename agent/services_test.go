@@ -183,3 +183,48 @@ spec:
 		}
 	}
 }
+
+// Cilium's Envoy delivers what an ingress HTTP rule admits from the node
+// (it keeps the original source only on egress), so where the host needs a
+// rule (HostByPolicy) the containers that rule selects may receive from
+// the host on that port, and only there; the peer check is Cilium's.
+func TestCompileProxiedIngress(t *testing.T) {
+	rs := ruleSet(t, `
+metadata: {name: admin}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [app]}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: "^/status$"}]}}]
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "9090", protocol: TCP}]}]
+`)
+	s := Compile(Input{Pods: []PodState{webPod(ipWeb.String())}, RuleSets: []*translator.RuleSet{rs}, Identities: snapshot(), HostByPolicy: true}, NewIDs())
+	host := netip.MustParseAddr("192.0.2.1")
+	s.Identities[netip.PrefixFrom(host, 32)] = bpfext.IdentityHost
+	const shipper, app = 101, 102
+	for _, c := range []struct {
+		cgroup  uint64
+		from    netip.Addr
+		port    uint16
+		allowed bool
+		why     string
+	}{
+		{app, host, 8080, true, "Envoy, from the node, on the HTTP port"},
+		{app, host, 9090, false, "no HTTP rule on 9090: not proxied, the host needs a rule"},
+		{app, ipA, 8080, true, "the peer itself, if Cilium does not redirect"},
+		{app, ipB, 8080, false, "a peer the rule does not name"},
+	} {
+		got, why := datapathVerdict(s, c.cgroup, bpfext.Ingress, false, 0, c.from, bpfext.ProtoTCP, c.port)
+		if got != c.allowed {
+			t.Errorf("%s -> container %d:%d: allowed=%t (%s), want %t: %s", c.from, c.cgroup, c.port, got, why, c.allowed, c.why)
+		}
+	}
+	if !s.Containers[app].IngressRestricted {
+		t.Fatal("app is not restricted on ingress")
+	}
+	if s.Containers[shipper].IngressRestricted {
+		t.Fatal("log-shipper is restricted on ingress, the policy selects only app")
+	}
+}
