@@ -1,6 +1,7 @@
 package translator
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -13,6 +14,25 @@ import (
 
 // maxMessage bounds condition messages (the apiserver allows 32768 bytes).
 const maxMessage = 4096
+
+// NameConflictError says an object the controller would write exists
+// and is not the policy's: a user's own object, or one another policy
+// controls. The controller never writes over it.
+type NameConflictError struct {
+	Kind, Namespace, Name string
+	// Holder says whose the object is: "no owner", or the controlling
+	// owner's kind and name.
+	Holder string
+}
+
+func (e *NameConflictError) Error() string {
+	name := e.Name
+	if e.Namespace != "" {
+		name = e.Namespace + "/" + e.Name
+	}
+	return fmt.Sprintf("%s %s already exists and is not this policy's (%s): left as it is, nothing granted; delete or rename it, or rename this policy",
+		e.Kind, name, e.Holder)
+}
 
 // StatusInput is what the controller learned while reconciling a policy.
 type StatusInput struct {
@@ -62,6 +82,8 @@ func Status(p *v1alpha1.ContainerNetworkPolicy, in StatusInput) v1alpha1.Contain
 		set(v1alpha1.ConditionTranslated, metav1.ConditionFalse, v1alpha1.ReasonInvalid, "policy is not accepted")
 	case in.TranslateErr != nil:
 		set(v1alpha1.ConditionTranslated, metav1.ConditionFalse, v1alpha1.ReasonTranslationFailed, in.TranslateErr.Error())
+	case errors.As(in.ApplyErr, new(*NameConflictError)):
+		set(v1alpha1.ConditionTranslated, metav1.ConditionFalse, v1alpha1.ReasonNameConflict, in.ApplyErr.Error())
 	case in.ApplyErr != nil:
 		set(v1alpha1.ConditionTranslated, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, in.ApplyErr.Error())
 	case in.CNPName == "":

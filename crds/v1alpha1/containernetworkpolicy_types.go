@@ -473,6 +473,11 @@ const (
 	// ReasonApplyFailed: Translated=False, the apiserver refused the
 	// CiliumNetworkPolicy.
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonNameConflict: Translated=False, an object with the name of
+	// the generated CiliumNetworkPolicy exists and this policy does not
+	// control it (a user's, or another policy's); it is left alone and
+	// nothing is granted.
+	ReasonNameConflict = "NameConflict"
 	// ReasonReady: Ready=True.
 	ReasonReady = "Ready"
 	// ReasonNotReady: Ready=False because Accepted or Translated is not True.

@@ -471,3 +471,61 @@ func cond(p *v1alpha1.ContainerNetworkPolicy, typ string) metav1.Condition {
 	}
 	return metav1.Condition{}
 }
+
+// The controller never writes over an object it does not control: a
+// user's own CNP with the generated name, or one another policy controls.
+// The policy reports NameConflict, grants nothing, and recovers once the
+// object goes.
+func TestNameConflict(t *testing.T) {
+	requireEnv(t)
+	ns := env.Namespace(t, t.Name())
+	startController(t, ns)
+
+	// A user's own CNP that happens to have the generated name.
+	user := &ciliumv2.CiliumNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: translator.CNPName("shipper")},
+		Spec: &api.Rule{
+			EndpointSelector: api.NewESFromMatchRequirements(map[string]string{"app": "mine"}, nil),
+			Ingress:          []api.IngressRule{{IngressCommonRule: api.IngressCommonRule{FromEntities: api.EntitySlice{api.EntityHost}}}},
+		},
+	}
+	create(t, user)
+	create(t, webPolicy(ns, "shipper", "5044"))
+	waitCondition(t, ns, "shipper", v1alpha1.ConditionTranslated, metav1.ConditionFalse, v1alpha1.ReasonNameConflict)
+	findEvent(t, ns, "shipper", corev1.EventTypeWarning, v1alpha1.ReasonNameConflict, user.Name, "no owner")
+	// Left exactly as the user wrote it, and not taken over.
+	got, err := getCNP(ns, "shipper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.OwnerReferences) != 0 || got.Labels[translator.LabelManagedBy] != "" ||
+		got.Spec == nil || len(got.Spec.Egress) != 0 || got.Spec.EndpointSelector.LabelSelector.MatchLabels["app"] != "mine" || got.Generation != 1 {
+		t.Fatalf("the user's CNP was changed: %+v", got)
+	}
+	if p := getPolicy(t, ns, "shipper"); p.Status.GeneratedPolicy != "" {
+		t.Errorf("status.generatedPolicy = %q during a conflict, want none", p.Status.GeneratedPolicy)
+	}
+
+	// The conflict goes: the policy generates its CNP by itself.
+	if err := env.Client.Delete(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	waitCNPPort(t, ns, "shipper", "5044")
+	waitCondition(t, ns, "shipper", v1alpha1.ConditionTranslated, metav1.ConditionTrue, v1alpha1.ReasonGenerated)
+
+	// A CNP of the next policy's name, controlled by another policy.
+	owner := getPolicy(t, ns, "shipper")
+	taken := &ciliumv2.CiliumNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: translator.CNPName("metrics"),
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(owner, v1alpha1.GroupVersion.WithKind("ContainerNetworkPolicy"))}},
+		Spec: &api.Rule{EndpointSelector: api.NewESFromMatchRequirements(map[string]string{"app": "other"}, nil),
+			Ingress: []api.IngressRule{{IngressCommonRule: api.IngressCommonRule{FromEntities: api.EntitySlice{api.EntityHost}}}}},
+	}
+	create(t, taken)
+	create(t, webPolicy(ns, "metrics", "9100"))
+	waitCondition(t, ns, "metrics", v1alpha1.ConditionTranslated, metav1.ConditionFalse, v1alpha1.ReasonNameConflict)
+	findEvent(t, ns, "metrics", corev1.EventTypeWarning, v1alpha1.ReasonNameConflict, "controlled by ContainerNetworkPolicy shipper")
+	if got, err := getCNP(ns, "metrics"); err != nil || len(got.Spec.Egress) != 0 {
+		t.Fatalf("the other policy's CNP was written over: %+v, %v", got, err)
+	}
+}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -80,6 +81,9 @@ type PolicyReconciler struct {
 	// reported holds, per policy, the risky containers already reported
 	// with an Event (types.NamespacedName -> map[string]bool).
 	reported sync.Map
+	// conflicts holds, per policy, the admission object conflict last
+	// reported with an Event (types.NamespacedName -> string).
+	conflicts sync.Map
 }
 
 // SetupWithManager registers the reconciler and its watches with mgr. The
@@ -144,6 +148,7 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		if apierrors.IsNotFound(err) {
 			r.cache.forget(req.NamespacedName)
 			r.reported.Delete(req.NamespacedName)
+			r.conflicts.Delete(req.NamespacedName)
 			if err := r.deleteAdmission(ctx, req.Namespace, req.Name, nil); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -177,8 +182,14 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	admissionConflict := false
 	if err := r.ensureAdmission(ctx, policy, len(in.Invalid) == 0); err != nil {
-		return ctrl.Result{}, err
+		var conflict *translator.NameConflictError
+		if !errors.As(err, &conflict) {
+			return ctrl.Result{}, err
+		}
+		admissionConflict = true
+		r.reportConflict(ctx, policy, conflict)
 	}
 	if in.Analysis, err = r.analyze(ctx, policy); err != nil {
 		return ctrl.Result{}, err
@@ -201,10 +212,18 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		logger.V(1).Info("status updated", "pods", status.SelectedPods, "containers", status.SelectedContainers,
 			"generatedPolicy", status.GeneratedPolicy)
 	}
+	var conflict *translator.NameConflictError
+	if errors.As(in.ApplyErr, &conflict) {
+		// Not retried as an error: nothing is wrong until the object goes.
+		return ctrl.Result{RequeueAfter: conflictRetry}, nil
+	}
 	if in.ApplyErr != nil {
 		// Returning the error requeues with backoff; the Translated
 		// condition already tells the user why.
 		return ctrl.Result{}, in.ApplyErr
+	}
+	if admissionConflict {
+		return ctrl.Result{RequeueAfter: conflictRetry}, nil
 	}
 	return ctrl.Result{}, nil
 }
@@ -265,17 +284,12 @@ func (r *PolicyReconciler) ensureCNP(ctx context.Context, policy *v1alpha1.Conta
 	err := r.Client.Get(ctx, client.ObjectKeyFromObject(desired), live)
 	switch {
 	case err == nil:
-		if cnpUpToDate(live, desired) {
-			return nil
-		}
 	case apierrors.IsNotFound(err):
-		// The cache may lag behind a CNP applied a moment ago, or hold
-		// no CNP whose sidewall label was removed: ask the API server.
+		// The cache may lag behind a CNP applied a moment ago, and holds
+		// only CNPs with sidewall's label (not a user's, nor one whose
+		// label was removed): ask the API server.
 		switch err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(desired), live); {
 		case err == nil:
-			if cnpUpToDate(live, desired) {
-				return nil
-			}
 		case apierrors.IsNotFound(err):
 			live = nil
 		default:
@@ -284,7 +298,14 @@ func (r *PolicyReconciler) ensureCNP(ctx context.Context, policy *v1alpha1.Conta
 	default:
 		return fmt.Errorf("get CiliumNetworkPolicy %s: %w", desired.Name, err)
 	}
-
+	// Never write over what this policy does not control: a user's CNP
+	// of that name, or another policy's.
+	if live != nil && !metav1.IsControlledBy(live, policy) {
+		return &translator.NameConflictError{Kind: "CiliumNetworkPolicy", Namespace: live.Namespace, Name: live.Name, Holder: holderOf(live)}
+	}
+	if live != nil && cnpUpToDate(live, desired) {
+		return nil
+	}
 	u, err := applyObject(desired)
 	if err != nil {
 		return err
@@ -323,6 +344,19 @@ func (r *PolicyReconciler) ensureCNP(ctx context.Context, policy *v1alpha1.Conta
 	r.Recorder.Eventf(policy, nil, corev1.EventTypeNormal, reason, "Apply", "%s CiliumNetworkPolicy %s", verb, desired.Name)
 	return nil
 }
+
+// holderOf describes whose an object is, for a NameConflict.
+func holderOf(obj metav1.Object) string {
+	if ref := metav1.GetControllerOf(obj); ref != nil {
+		return "controlled by " + ref.Kind + " " + ref.Name
+	}
+	return "no owner"
+}
+
+// conflictRetry is how often a policy in NameConflict looks again: the
+// conflicting object is outside the controller's caches (they hold only
+// sidewall's objects), so its removal raises no event here.
+const conflictRetry = 15 * time.Second
 
 // deleteGenerated removes the policy's CNP, if any, so that an invalid or
 // untranslatable policy grants nothing.

@@ -204,3 +204,40 @@ func TestAdmissionEnforce(t *testing.T) {
 	}
 	waitAdmissionGone(t, ns, "shipper")
 }
+
+// A ValidatingAdmissionPolicy of the generated name that sidewall did not
+// generate for this policy is left alone, with a NameConflict Event.
+func TestAdmissionNameConflict(t *testing.T) {
+	requireEnv(t)
+	ns := env.Namespace(t, t.Name())
+	startController(t, ns)
+	name := translator.AdmissionPolicyName(ns, "shipper")
+	user := &admissionv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionv1.ValidatingAdmissionPolicySpec{
+			MatchConstraints: &admissionv1.MatchResources{ResourceRules: []admissionv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionv1.RuleWithOperations{
+					Operations: []admissionv1.OperationType{admissionv1.Create},
+					Rule:       admissionv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"configmaps"}},
+				},
+			}}},
+			Validations: []admissionv1.Validation{{Expression: "true"}},
+		},
+	}
+	create(t, user)
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, user) })
+	p := webPolicy(ns, "shipper", "5044")
+	p.Spec.Admission = v1alpha1.AdmissionEnforce
+	create(t, p)
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, p) })
+	findEvent(t, ns, "shipper", corev1.EventTypeWarning, v1alpha1.ReasonNameConflict, name, "not sidewall's")
+	var got admissionv1.ValidatingAdmissionPolicy
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: name}, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Generation != 1 || len(got.Spec.Validations) != 1 || got.Spec.Validations[0].Expression != "true" || got.Labels[translator.LabelManagedBy] != "" {
+		t.Fatalf("the user's ValidatingAdmissionPolicy was written over: %+v", got)
+	}
+	// The CNP is the policy's own, and goes ahead.
+	waitCondition(t, ns, "shipper", v1alpha1.ConditionTranslated, metav1.ConditionTrue, v1alpha1.ReasonGenerated)
+}
