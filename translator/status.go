@@ -71,7 +71,11 @@ func Status(p *v1alpha1.ContainerNetworkPolicy, in StatusInput) v1alpha1.Contain
 
 	accepted := len(in.Invalid) == 0
 	if accepted {
-		set(v1alpha1.ConditionAccepted, metav1.ConditionTrue, v1alpha1.ReasonValid, "policy is valid for container scope")
+		msg := "policy is valid for container scope"
+		if w := TLSPortWarnings(p); len(w) > 0 {
+			msg += "; warning: " + strings.Join(w, "; ")
+		}
+		set(v1alpha1.ConditionAccepted, metav1.ConditionTrue, v1alpha1.ReasonValid, msg)
 	} else {
 		set(v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonInvalid, in.Invalid.ToAggregate().Error())
 	}
