@@ -133,12 +133,14 @@ func TestCiliumValues(t *testing.T) {
 		"identity-allocation-mode": "crd",   // CiliumIdentity objects exist
 		"disable-endpoint-crd":     "false", // CiliumEndpoint objects exist
 		"enable-l7-proxy":          "true",  // Envoy enforces generated L7 rules
-		"enable-hubble":            "true",
-		"kube-proxy-replacement":   "true",
-		"bpf-lb-sock":              "true",  // socket LB: the cgroup sees backends
-		"bpf-lb-sock-hostns-only":  "false", // ... inside pods too
-		"enable-policy":            "default",
-		"cluster-name":             "default",
+		// sidewall's CNPs must not force default deny on the whole pod
+		"enable-non-default-deny-policies": "true",
+		"enable-hubble":                    "true",
+		"kube-proxy-replacement":           "true",
+		"bpf-lb-sock":                      "true",  // socket LB: the cgroup sees backends
+		"bpf-lb-sock-hostns-only":          "false", // ... inside pods too
+		"enable-policy":                    "default",
+		"cluster-name":                     "default",
 	} {
 		got, ok := config[key]
 		switch {

@@ -1,6 +1,8 @@
 package translator
 
 import (
+	"strings"
+	"errors"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -61,29 +63,110 @@ func isAlnum(b byte) bool {
 	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9'
 }
 
-// ToCNP validates the policy and returns the CiliumNetworkPolicy that makes
-// Cilium enforce its pod-level part, or nil when none is needed.
+// CNPOptions is what the generated CNP depends on beyond the policy: how
+// the other policies of the cluster treat the same pods.
+type CNPOptions struct {
+	// OthersDefaultDeny says, per direction, that policies other than
+	// sidewall's (CNPs, CCNPs, NetworkPolicies) already put every selected
+	// pod into default deny there: Cilium then enforces the HTTP rules as
+	// they are, and the CNP must not allow anything more.
+	OthersDefaultDeny DefaultDeny
+	// Siblings are the RuleSets of the other ContainerNetworkPolicies that
+	// select some of the same pods: their L7 peers and ports are left out
+	// of this CNP's complement too, or it would switch their HTTP rules off.
+	Siblings []*RuleSet
+}
+
+// L7Enforcement says, for one direction, how the generated CNP makes
+// Cilium enforce the policy's HTTP rules.
+type L7Enforcement string
+
+const (
+	// L7None: the direction has no HTTP rules.
+	L7None L7Enforcement = ""
+	// L7Complement: the CNP puts the pods into default deny and allows
+	// everything but the L7 peers and ports, so Cilium enforces the HTTP
+	// rules and the pods' other traffic flows.
+	L7Complement L7Enforcement = "Complement"
+	// L7OthersDefaultDeny: other policies default-deny the pods, which
+	// makes Cilium enforce the HTTP rules as they are.
+	L7OthersDefaultDeny L7Enforcement = "OthersDefaultDeny"
+	// L7NotEnforced: no complement could be built (see the reason); Cilium
+	// treats the HTTP rules as visibility only, unless another policy
+	// default-denies the pods.
+	L7NotEnforced L7Enforcement = "NotEnforced"
+)
+
+// L7Result is how each direction's HTTP rules are enforced, and why not
+// when they are not.
+type L7Result struct {
+	Egress, Ingress             L7Enforcement
+	EgressReason, IngressReason string
+	// UndeniedEgress and UndeniedIngress name, under L7OthersDefaultDeny,
+	// the selected pods that no other policy default-denies: the HTTP
+	// rules are not enforced on them. The controller fills them.
+	UndeniedEgress, UndeniedIngress []string
+}
+
+// Message says how the CNP makes Cilium enforce the HTTP rules, for the
+// Translated condition; empty without HTTP rules.
+func (r L7Result) Message() string {
+	var parts []string
+	say := func(dir string, mode L7Enforcement, reason string, undenied []string) {
+		switch mode {
+		case L7Complement:
+			parts = append(parts, dir+" HTTP rules enforced: the CNP puts the pods into "+dir+" default deny and allows all but the L7 peers and ports")
+		case L7OthersDefaultDeny:
+			if len(undenied) > 0 {
+				parts = append(parts, fmt.Sprintf("%s HTTP rules NOT enforced by Cilium on %s: other policies default-deny the other selected pods, so the CNP cannot add its complement",
+					dir, strings.Join(undenied, ", ")))
+			} else {
+				parts = append(parts, dir+" HTTP rules enforced: other policies put the pods into "+dir+" default deny")
+			}
+		case L7NotEnforced:
+			parts = append(parts, dir+" HTTP rules NOT enforced by Cilium unless another policy default-denies the pods ("+reason+")")
+		}
+	}
+	say("egress", r.Egress, r.EgressReason, r.UndeniedEgress)
+	say("ingress", r.Ingress, r.IngressReason, r.UndeniedIngress)
+	return strings.Join(parts, "; ")
+}
+
+// ToCNP is ToCNPWith without other policies: no other policy
+// default-denies the pods, and no sibling has L7 rules.
+func ToCNP(p *v1alpha1.ContainerNetworkPolicy) (*ciliumv2.CiliumNetworkPolicy, error) {
+	cnp, _, err := ToCNPWith(p, CNPOptions{})
+	return cnp, err
+}
+
+// ToCNPWith validates the policy and returns the CiliumNetworkPolicy that
+// makes Cilium enforce its pod-level part, or nil when none is needed.
 //
 // The CNP has the policy's namespace and pod selector and its allow rules with
 // peers outside the pod, L7 HTTP rules included, so that Cilium lets the
 // traffic of the selected containers through and its proxy enforces the HTTP
-// rules. It sets enableDefaultDeny to false in both directions: the CNP only
-// adds grants and never puts the pod into default-deny, because the other
-// containers of the pod are not restricted by sidewall (docs/semantics.md,
-// rule 2). Deny rules and intra-pod rules are not in the CNP: a deny at pod
-// level would hit every container, and pod-local traffic never reaches
-// Cilium's policy; sidewall's datapath enforces both per container.
+// rules. Without HTTP rules it sets enableDefaultDeny to false in both
+// directions: the CNP only adds grants and never puts the pod into
+// default-deny, because the other containers of the pod are not restricted
+// by sidewall (docs/semantics.md, rule 2). With HTTP rules in a direction,
+// and no other policy default-denying the pods there, it puts the pods into
+// default deny in that direction and allows everything but the L7 peers and
+// ports (complement.go): only then does Cilium enforce HTTP rules. Deny rules
+// and intra-pod rules are not in the CNP: a deny at pod level would hit every
+// container, and pod-local traffic never reaches Cilium's policy; sidewall's
+// datapath enforces both per container.
 //
-// ToCNP returns (nil, nil), and the controller must delete any CNP it
+// ToCNPWith returns (nil, nil), and the controller must delete any CNP it
 // generated before, when the policy is in Audit mode (Cilium has no
 // per-policy audit and its proxy would enforce the L7 rules) or has no allow
 // rule with a peer outside the pod.
 //
 // Every CNP returned has passed Cilium's Rule.Sanitize (run on a copy, as it
 // rewrites selectors into Cilium's internal form).
-func ToCNP(p *v1alpha1.ContainerNetworkPolicy) (*ciliumv2.CiliumNetworkPolicy, error) {
+func ToCNPWith(p *v1alpha1.ContainerNetworkPolicy, opts CNPOptions) (*ciliumv2.CiliumNetworkPolicy, L7Result, error) {
+	var l7 L7Result
 	if errs := check(p); len(errs) > 0 {
-		return nil, invalidPolicy(p, errs)
+		return nil, l7, invalidPolicy(p, errs)
 	}
 	rule := &api.Rule{
 		EndpointSelector:  p.Spec.EndpointSelector(),
@@ -121,13 +204,16 @@ func ToCNP(p *v1alpha1.ContainerNetworkPolicy) (*ciliumv2.CiliumNetworkPolicy, e
 	if len(probe.Egress)+len(probe.Ingress)+len(probe.EgressDeny)+len(probe.IngressDeny) > 0 {
 		if err := probe.Sanitize(); err != nil {
 			if errs := sanitizeSpec(&p.Spec, field.NewPath("spec")); len(errs) > 0 {
-				return nil, invalidPolicy(p, errs)
+				return nil, l7, invalidPolicy(p, errs)
 			}
-			return nil, fmt.Errorf("invalid policy %s/%s: refused by Cilium: %w", p.Namespace, p.Name, err)
+			return nil, l7, fmt.Errorf("invalid policy %s/%s: refused by Cilium: %w", p.Namespace, p.Name, err)
 		}
 	}
 	if modeOf(&p.Spec) == v1alpha1.ModeAudit || len(rule.Egress)+len(rule.Ingress) == 0 {
-		return nil, nil
+		return nil, l7, nil
+	}
+	if err := enforceL7(p, rule, opts, &l7); err != nil {
+		return nil, l7, err
 	}
 	cnp := &ciliumv2.CiliumNetworkPolicy{
 		TypeMeta: metav1.TypeMeta{APIVersion: ciliumv2.SchemeGroupVersion.String(), Kind: ciliumv2.CNPKindDefinition},
@@ -149,7 +235,59 @@ func ToCNP(p *v1alpha1.ContainerNetworkPolicy) (*ciliumv2.CiliumNetworkPolicy, e
 		},
 		Spec: rule,
 	}
-	return cnp, nil
+	return cnp, l7, nil
+}
+
+// enforceL7 adds, per direction with HTTP rules, what makes Cilium enforce
+// them: default deny and the complement of the L7 peers and ports, unless
+// other policies default-deny the pods already.
+func enforceL7(p *v1alpha1.ContainerNetworkPolicy, rule *api.Rule, opts CNPOptions, l7 *L7Result) error {
+	rs, err := ToRuleSet(p)
+	if err != nil {
+		return err
+	}
+	for _, dir := range []Direction{Egress, Ingress} {
+		own := l7Pairs(rs, dir)
+		if len(own) == 0 {
+			continue
+		}
+		mode, reason := L7Complement, ""
+		others := opts.OthersDefaultDeny.Egress
+		if dir == Ingress {
+			others = opts.OthersDefaultDeny.Ingress
+		}
+		if others {
+			mode = L7OthersDefaultDeny
+		} else {
+			pairs := own
+			for _, sib := range opts.Siblings {
+				pairs = append(pairs, l7Pairs(sib, dir)...)
+			}
+			eg, in, err := complementRules(dir, pairs)
+			switch {
+			case errors.Is(err, errNoComplement):
+				mode, reason = L7NotEnforced, err.Error()
+			case err != nil:
+				return err
+			case dir == Egress:
+				rule.EnableDefaultDeny.Egress = ptr.To(true)
+				rule.Egress = append(rule.Egress, eg...)
+			default:
+				rule.EnableDefaultDeny.Ingress = ptr.To(true)
+				rule.Ingress = append(rule.Ingress, in...)
+			}
+		}
+		if dir == Egress {
+			l7.Egress, l7.EgressReason = mode, reason
+		} else {
+			l7.Ingress, l7.IngressReason = mode, reason
+		}
+	}
+	// The complement must pass Cilium's own checks as the rest did.
+	if err := rule.DeepCopy().Sanitize(); err != nil {
+		return fmt.Errorf("policy %s/%s: the complement of its L7 peers is refused by Cilium: %w", p.Namespace, p.Name, err)
+	}
+	return nil
 }
 
 func invalidPolicy(p *v1alpha1.ContainerNetworkPolicy, errs field.ErrorList) error {

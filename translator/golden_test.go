@@ -199,7 +199,10 @@ func TestGolden(t *testing.T) {
 			if len(admErrs) > 0 {
 				t.Errorf("CRD schema refuses a valid policy: %v", admErrs.ToAggregate())
 			}
-			cnp, err := ToCNP(p)
+			// As the controller generates it: no other policy
+			// default-denies the pods, and the case's other policies
+			// with HTTP rules that select its pods are siblings.
+			cnp, l7, err := ToCNPWith(p, CNPOptions{Siblings: siblings(t, p, tc)})
 			if err != nil {
 				t.Fatalf("ToCNP: %v", err)
 			}
@@ -226,7 +229,7 @@ func TestGolden(t *testing.T) {
 				return
 			}
 			a := Analyze(p, tc.namespace, tc.pods, append(tc.others, *p))
-			st := Status(p, StatusInput{CNPName: cnpName(cnp), Analysis: a})
+			st := Status(p, StatusInput{CNPName: cnpName(cnp), Analysis: a, L7Message: l7.Message()})
 			for i := range st.Conditions {
 				st.Conditions[i].LastTransitionTime = metav1.Time{}
 			}
@@ -236,6 +239,27 @@ func TestGolden(t *testing.T) {
 			}{a, st}))
 		})
 	}
+}
+
+// siblings are the case's other policies with HTTP rules that select one
+// of its pods, as the controller finds them.
+func siblings(t *testing.T, p *v1alpha1.ContainerNetworkPolicy, tc testCase) []*RuleSet {
+	t.Helper()
+	var out []*RuleSet
+	for i := range tc.others {
+		o := &tc.others[i]
+		rs, err := ToRuleSet(o)
+		if err != nil || len(l7Pairs(rs, Egress))+len(l7Pairs(rs, Ingress)) == 0 {
+			continue
+		}
+		for j := range tc.pods {
+			if SelectsPod(rs.PodSelector, &tc.pods[j], tc.namespace) {
+				out = append(out, rs)
+				break
+			}
+		}
+	}
+	return out
 }
 
 func cnpName(cnp interface{ GetName() string }) string {

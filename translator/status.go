@@ -47,6 +47,8 @@ type StatusInput struct {
 	ApplyErr error
 	// Analysis is Analyze's result.
 	Analysis Analysis
+	// L7Message says how the CNP makes Cilium enforce the HTTP rules.
+	L7Message string
 }
 
 // Status returns the policy's new status: counts, the generated CNP's name
@@ -96,7 +98,11 @@ func Status(p *v1alpha1.ContainerNetworkPolicy, in StatusInput) v1alpha1.Contain
 	default:
 		translated = true
 		st.GeneratedPolicy = in.CNPName
-		set(v1alpha1.ConditionTranslated, metav1.ConditionTrue, v1alpha1.ReasonGenerated, "CiliumNetworkPolicy "+in.CNPName+" applied")
+		msg := "CiliumNetworkPolicy " + in.CNPName + " applied"
+		if in.L7Message != "" {
+			msg += "; " + in.L7Message
+		}
+		set(v1alpha1.ConditionTranslated, metav1.ConditionTrue, v1alpha1.ReasonGenerated, msg)
 	}
 
 	a := &in.Analysis

@@ -195,8 +195,32 @@ func (d *demo) showGenerated(ctx context.Context) error {
 			Specs             any `json:"specs,omitempty"`
 		}{TypeMeta: cnp.TypeMeta, ObjectMeta: cnp.ObjectMeta}
 		// Typed nils in an interface are not omitted: set only what is there.
+		elided := 0
 		if cnp.Spec != nil {
-			view.Spec = cnp.Spec
+			// The complement's ICMP rules list every ICMP type: hundreds
+			// of lines that say one thing.
+			spec := cnp.Spec.DeepCopy()
+			for i := range spec.Egress {
+				if icmps := spec.Egress[i].ICMPs; len(icmps) > 0 {
+					for _, r := range icmps {
+						elided += len(r.Fields)
+					}
+					spec.Egress[i].ICMPs = icmps[:1]
+					spec.Egress[i].ICMPs[0].Fields = icmps[0].Fields[:1]
+					elided--
+				}
+			}
+			for i := range spec.Ingress {
+				if icmps := spec.Ingress[i].ICMPs; len(icmps) > 0 {
+					for _, r := range icmps {
+						elided += len(r.Fields)
+					}
+					spec.Ingress[i].ICMPs = icmps[:1]
+					spec.Ingress[i].ICMPs[0].Fields = icmps[0].Fields[:1]
+					elided--
+				}
+			}
+			view.Spec = spec
 		}
 		if len(cnp.Specs) > 0 {
 			view.Specs = cnp.Specs
@@ -205,10 +229,16 @@ func (d *demo) showGenerated(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("print generated policy: %w", err)
 		}
-		fmt.Fprintf(d.out, "# from ContainerNetworkPolicy %s\n%s---\n", p.Name, raw)
+		fmt.Fprintf(d.out, "# from ContainerNetworkPolicy %s\n%s", p.Name, raw)
+		if elided > 0 {
+			fmt.Fprintf(d.out, "# (not shown: %d more icmps fields, one per ICMP and ICMPv6 type: ICMP to the L7 peer)\n", elided)
+		}
+		fmt.Fprintln(d.out, "---")
 	}
 	fmt.Fprintln(d.out, "Note: a CiliumNetworkPolicy selects whole pods (all containers share the pod's IP and identity);")
-	fmt.Fprintln(d.out, "sidewall's BPF datapath tells the containers apart (section 4).")
+	fmt.Fprintln(d.out, "sidewall's BPF datapath tells the containers apart (section 4). Cilium enforces HTTP rules only under")
+	fmt.Fprintln(d.out, "default deny: so the CNP with the HTTP rule puts web into egress default deny and allows everything")
+	fmt.Fprintln(d.out, "but logging:8080, which only the HTTP rule allows (the rules after the first). The app keeps its traffic.")
 	return nil
 }
 

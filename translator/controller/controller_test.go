@@ -10,6 +10,7 @@ import (
 	slim_metav1 "github.com/cilium/cilium/pkg/k8s/slim/k8s/apis/meta/v1"
 	"github.com/cilium/cilium/pkg/policy/api"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -528,4 +529,50 @@ func TestNameConflict(t *testing.T) {
 	if got, err := getCNP(ns, "metrics"); err != nil || len(got.Spec.Egress) != 0 {
 		t.Fatalf("the other policy's CNP was written over: %+v, %v", got, err)
 	}
+}
+
+// The CNP of a policy with HTTP rules makes Cilium enforce them: alone it
+// puts the pods into default deny with the complement of the L7 peers;
+// where another policy default-denies the pods already (here a
+// NetworkPolicy), it must not add the complement, which would open what
+// that policy closes. It follows the other policy as it comes and goes.
+func TestL7EnforcementFollowsOtherPolicies(t *testing.T) {
+	requireEnv(t)
+	ns := env.Namespace(t, t.Name())
+	startController(t, ns)
+	create(t, webPod(ns, "web-1"))
+	p := webPolicy(ns, "shipper", "8080")
+	p.Spec.Egress[0].ToPorts[0].Rules = &api.L7Rules{HTTP: []api.PortRuleHTTP{{Method: "POST", Path: "^/ingest$"}}}
+	create(t, p)
+	mode := func(want string, complement bool) {
+		t.Helper()
+		eventually(t, "CNP egress default deny = "+fmt.Sprint(complement), func() error {
+			cnp, err := getCNP(ns, "shipper")
+			if err != nil {
+				return err
+			}
+			dd := cnp.Spec.EnableDefaultDeny.Egress
+			if dd == nil || *dd != complement || (len(cnp.Spec.Egress) > 1) != complement {
+				return fmt.Errorf("enableDefaultDeny.egress %v, %d egress rules", dd, len(cnp.Spec.Egress))
+			}
+			c := meta.FindStatusCondition(getPolicy(t, ns, "shipper").Status.Conditions, v1alpha1.ConditionTranslated)
+			if c == nil || !strings.Contains(c.Message, want) {
+				return fmt.Errorf("Translated %+v does not say %q", c, want)
+			}
+			return nil
+		})
+	}
+	mode("the CNP puts the pods into egress default deny", true)
+
+	knp := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "default-deny-egress"},
+		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}},
+	}
+	create(t, knp)
+	mode("other policies put the pods into egress default deny", false)
+
+	if err := env.Client.Delete(ctx, knp); err != nil {
+		t.Fatal(err)
+	}
+	mode("the CNP puts the pods into egress default deny", true)
 }

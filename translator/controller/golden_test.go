@@ -258,7 +258,13 @@ func loadGoldenCase(t *testing.T, dir string) *goldenCase {
 // localize rewrites the golden case's namespace "shop" to the test's.
 func (c *goldenCase) localize() {
 	if c.cnp != nil && c.cnp.Spec != nil {
-		c.cnp.Spec.Description = strings.ReplaceAll(c.cnp.Spec.Description, "shop/", c.ns+"/")
+		// The namespace is in the description and in the complement's
+		// negated selectors.
+		raw, err := json.Marshal(c.cnp.Spec)
+		if err == nil {
+			raw = []byte(strings.ReplaceAll(strings.ReplaceAll(string(raw), `"shop"`, `"`+c.ns+`"`), " shop/", " "+c.ns+"/"))
+			_ = json.Unmarshal(raw, c.cnp.Spec)
+		}
 	}
 	if c.status != nil {
 		for i := range c.status.Conditions {

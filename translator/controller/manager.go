@@ -35,15 +35,13 @@ func NewScheme() (*runtime.Scheme, error) {
 }
 
 // ConfigureManager sets the cache options the controller relies on for
-// memory: only CNPs that sidewall generated are cached (a cluster may hold
-// many hand-written ones), pods keep only what selection and container
-// analysis read, and managed fields are dropped everywhere.
+// memory: pods keep only what selection and container analysis read,
+// admission objects are cached only when sidewall generated them, and
+// managed fields are dropped everywhere. Every CNP is cached: the CNP of a
+// policy with HTTP rules depends on the pods' other policies.
 func ConfigureManager(o *manager.Options) {
 	if o.Cache.ByObject == nil {
 		o.Cache.ByObject = map[client.Object]cache.ByObject{}
-	}
-	o.Cache.ByObject[&ciliumv2.CiliumNetworkPolicy{}] = cache.ByObject{
-		Label: labels.SelectorFromSet(labels.Set{translator.LabelManagedBy: translator.ManagedBy}),
 	}
 	managed := labels.SelectorFromSet(labels.Set{translator.LabelManagedBy: translator.ManagedBy})
 	o.Cache.ByObject[&admissionv1.ValidatingAdmissionPolicy{}] = cache.ByObject{Label: managed}

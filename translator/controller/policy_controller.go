@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/cilium/pkg/policy/api"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -116,6 +117,14 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		Watches(&corev1.Namespace{},
 			handler.EnqueueRequestsFromMapFunc(r.policiesInNamespace),
 			builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		// Other policies decide how the CNP of an L7 policy makes Cilium
+		// enforce its HTTP rules (others.go).
+		Watches(&ciliumv2.CiliumNetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.l7PoliciesInNamespace),
+			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+		Watches(&ciliumv2.CiliumClusterwideNetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.l7PoliciesInNamespace),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&networkingv1.NetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.l7PoliciesInNamespace),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		// One policy's grants can make another's L7 rules imprecise.
 		Watches(&v1alpha1.ContainerNetworkPolicy{}, r.l7Siblings(),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -167,6 +176,18 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	in := translator.StatusInput{Invalid: tr.invalid, TranslateErr: tr.err}
 	cnp := tr.cnp
 	var err error
+	if len(in.Invalid) == 0 && tr.err == nil && cnp != nil && hasL7(policy) {
+		// The CNP of a policy with HTTP rules depends on the pods' other
+		// policies (others.go).
+		var l7ctx l7Context
+		if l7ctx, err = r.l7ContextFor(ctx, policy); err != nil {
+			return ctrl.Result{}, err
+		}
+		var res translator.L7Result
+		cnp, res, in.TranslateErr = translator.ToCNPWith(policy, l7ctx.opts)
+		res.UndeniedEgress, res.UndeniedIngress = l7ctx.undeniedEgress, l7ctx.undeniedIngress
+		in.L7Message = res.Message()
+	}
 	switch {
 	case len(in.Invalid) > 0:
 		err = r.deleteGenerated(ctx, policy, "the policy is invalid")
@@ -226,6 +247,20 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{RequeueAfter: conflictRetry}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// l7ContextFor reads the selected pods and their other policies.
+func (r *PolicyReconciler) l7ContextFor(ctx context.Context, policy *v1alpha1.ContainerNetworkPolicy) (l7Context, error) {
+	var list corev1.PodList
+	if err := r.Client.List(ctx, &list, client.InNamespace(policy.Namespace)); err != nil {
+		return l7Context{}, fmt.Errorf("list pods: %w", err)
+	}
+	ns, err := r.namespace(ctx, policy.Namespace)
+	if err != nil {
+		return l7Context{}, err
+	}
+	sel, _ := r.cache.selector(policy)
+	return r.l7Context(ctx, policy, ns, selectedPods(sel, list.Items, ns))
 }
 
 // analyze runs translator.Analyze on the pods of the policy's namespace,
