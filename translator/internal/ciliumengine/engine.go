@@ -234,16 +234,16 @@ func httpRule(hr *cilium.HttpNetworkPolicyRule) string {
 // endpoint is the subject endpoint, as much as the engine asks of it.
 type endpoint struct{ id uint64 }
 
-func (e *endpoint) GetID() uint64                                        { return e.id }
-func (e *endpoint) GetIngressNamedPort(string, u8proto.U8proto) uint16  { return 0 }
-func (e *endpoint) PolicyDebug(string, ...any)                          {}
-func (e *endpoint) IsHost() bool                                        { return false }
-func (e *endpoint) PreviousMapStateSizes() policy.MapStateSizes         { return policy.MapStateSizes{} }
-func (e *endpoint) GetPolicyNames() []string                            { return []string{"10.0.0.1"} }
-func (e *endpoint) GetIPv4Address() string                              { return "10.0.0.1" }
-func (e *endpoint) GetIPv6Address() string                              { return "" }
-func (e *endpoint) OnProxyPolicyUpdate(uint64)                          {}
-func (e *endpoint) GetListenerProxyPort(string) uint16                  { return 0 }
+func (e *endpoint) GetID() uint64                                      { return e.id }
+func (e *endpoint) GetIngressNamedPort(string, u8proto.U8proto) uint16 { return 0 }
+func (e *endpoint) PolicyDebug(string, ...any)                         {}
+func (e *endpoint) IsHost() bool                                       { return false }
+func (e *endpoint) PreviousMapStateSizes() policy.MapStateSizes        { return policy.MapStateSizes{} }
+func (e *endpoint) GetPolicyNames() []string                           { return []string{"10.0.0.1"} }
+func (e *endpoint) GetIPv4Address() string                             { return "10.0.0.1" }
+func (e *endpoint) GetIPv6Address() string                             { return "" }
+func (e *endpoint) OnProxyPolicyUpdate(uint64)                         {}
+func (e *endpoint) GetListenerProxyPort(string) uint16                 { return 0 }
 func (e *endpoint) UpdateProxyStatistics(string, string, uint16, uint16, bool, bool, accesslog.FlowVerdict) {
 }
 func (e *endpoint) RegenerateIfAlive(*regeneration.ExternalRegenerationMetadata) <-chan bool {
