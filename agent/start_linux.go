@@ -318,7 +318,7 @@ func (o *Options) identitySource(client kubernetes.Interface) (identity.Source, 
 		}
 		o.Logger.Info("identity source: cilium")
 		src := identity.NewCiliumSource(cc, log)
-		src.LocalNode = o.NodeName
+		src.LocalNode, src.Kube = o.NodeName, client
 		return src, nil
 	}
 	o.Logger.Info("identity source: local")

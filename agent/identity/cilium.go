@@ -9,6 +9,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
@@ -26,6 +27,9 @@ type CiliumSource struct {
 	// LocalNode is this node's name: its CiliumNode's addresses are host,
 	// other nodes' remote-node. Set it before Run.
 	LocalNode string
+	// Kube, if set, reads the kube-apiserver's addresses (the kubernetes
+	// Service's EndpointSlices). Set it before Run.
+	Kube kubernetes.Interface
 
 	// under store.mu
 	fromIdentity map[NumericIdentity]labels.LabelArray // CiliumIdentity security-labels
@@ -88,7 +92,23 @@ func (s *CiliumSource) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	apiSynced := make(chan struct{})
+	if s.Kube != nil {
+		go func() {
+			if err := s.runAPIServer(ctx, s.Kube, apiSynced); err != nil && ctx.Err() == nil {
+				s.log.Error("kube-apiserver addresses not watched: they resolve as any other address", "err", err)
+				close(apiSynced)
+			}
+		}()
+	} else {
+		close(apiSynced)
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), cepInf.HasSynced, cidInf.HasSynced, nodeInf.HasSynced) {
+		return ctx.Err()
+	}
+	select {
+	case <-apiSynced:
+	case <-ctx.Done():
 		return ctx.Err()
 	}
 	s.markSynced()

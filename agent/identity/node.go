@@ -18,15 +18,28 @@ import (
 // namespace/name key of a pod or endpoint starts with a NUL.
 func nodeKey(name string) string { return "\x00node/" + name }
 
+// nodeAddr is one address a node object names, and what it is.
+type nodeAddr struct {
+	ip string
+	// identity is 0 for the node's own addresses (host or remote-node),
+	// else the reserved identity Cilium gives the address wherever it is
+	// (health, ingress).
+	identity NumericIdentity
+}
+
 // nodePeers returns a node's addresses with their identity.
-func nodePeers(name, localNode string, addrs []string) []Peer {
-	id := ciliumidentity.ReservedIdentityRemoteNode
+func nodePeers(name, localNode string, addrs []nodeAddr) []Peer {
+	own := ciliumidentity.ReservedIdentityRemoteNode
 	if name == localNode {
-		id = ciliumidentity.ReservedIdentityHost
+		own = ciliumidentity.ReservedIdentityHost
 	}
 	var out []Peer
 	for _, a := range addrs {
-		if ip, err := netip.ParseAddr(a); err == nil {
+		id := a.identity
+		if id == 0 {
+			id = own
+		}
+		if ip, err := netip.ParseAddr(a.ip); err == nil {
 			out = append(out, Peer{IP: ip.Unmap(), Identity: id})
 		}
 	}
@@ -39,7 +52,10 @@ func (s *store) setNodeLocked(name string, peers []Peer) {
 	key := nodeKey(name)
 	kept := peers[:0:0]
 	for _, p := range peers {
-		if owner, ok := s.ipOwner[p.IP]; ok && owner != key {
+		// This node's own addresses stay host even where the API server
+		// runs (Cilium keeps host for them); no other owner is displaced.
+		if owner, ok := s.ipOwner[p.IP]; ok && owner != key &&
+			!(owner == apiServerKey && p.Identity == ciliumidentity.ReservedIdentityHost) {
 			continue
 		}
 		kept = append(kept, p)
@@ -50,7 +66,7 @@ func (s *store) setNodeLocked(name string, peers []Peer) {
 
 // nodeHandler keeps the store's node addresses in step with Node (pod
 // source) or CiliumNode (Cilium source) objects.
-func (s *store) nodeHandler(localNode string, addrs func(obj any) (string, []string, bool)) cache.ResourceEventHandlerFuncs {
+func (s *store) nodeHandler(localNode string, addrs func(obj any) (string, []nodeAddr, bool)) cache.ResourceEventHandlerFuncs {
 	update := func(obj any) {
 		name, a, ok := addrs(obj)
 		if !ok {
@@ -79,15 +95,15 @@ func (s *store) nodeHandler(localNode string, addrs func(obj any) (string, []str
 }
 
 // nodeAddresses reads a Node's addresses (all but host names).
-func nodeAddresses(obj any) (string, []string, bool) {
+func nodeAddresses(obj any) (string, []nodeAddr, bool) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return "", nil, false
 	}
-	var out []string
+	var out []nodeAddr
 	for _, a := range n.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
-			out = append(out, a.Address)
+			out = append(out, nodeAddr{ip: a.Address})
 		}
 	}
 	return n.Name, out, true
@@ -95,15 +111,27 @@ func nodeAddresses(obj any) (string, []string, bool) {
 
 // ciliumNodeAddresses reads a CiliumNode's addresses: the node's own and
 // the router address on cilium_host (CiliumInternalIP), from which the
-// node reaches its pods.
-func ciliumNodeAddresses(obj any) (string, []string, bool) {
+// node reaches its pods; and the addresses Cilium gives reserved
+// identities of their own on every node, as its ipcache does: the health
+// endpoint's (health) and the Ingress listener's (ingress).
+func ciliumNodeAddresses(obj any) (string, []nodeAddr, bool) {
 	n, ok := obj.(*ciliumv2.CiliumNode)
 	if !ok {
 		return "", nil, false
 	}
-	var out []string
+	var out []nodeAddr
 	for _, a := range n.Spec.Addresses {
-		out = append(out, a.IP)
+		out = append(out, nodeAddr{ip: a.IP})
+	}
+	for _, ip := range []string{n.Spec.HealthAddressing.IPv4, n.Spec.HealthAddressing.IPv6} {
+		if ip != "" {
+			out = append(out, nodeAddr{ip: ip, identity: ciliumidentity.ReservedIdentityHealth})
+		}
+	}
+	for _, ip := range []string{n.Spec.IngressAddressing.IPV4, n.Spec.IngressAddressing.IPV6} {
+		if ip != "" {
+			out = append(out, nodeAddr{ip: ip, identity: ciliumidentity.ReservedIdentityIngress})
+		}
 	}
 	return n.Name, out, true
 }

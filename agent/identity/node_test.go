@@ -9,6 +9,7 @@ import (
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -16,8 +17,12 @@ import (
 )
 
 // Nodes resolve to Cilium's reserved identities: this node's addresses
-// are host, the others' remote-node; a node that goes takes its addresses
-// with it. Both sources, against a real API server.
+// are host, the others' remote-node, and (from CiliumNodes) the health and
+// Ingress addresses health and ingress; a node that goes takes its
+// addresses with it. Both sources, against a real API server.
+//
+// The addresses are not this machine's: its own address is the test API
+// server's, which makes it kube-apiserver (TestKubeAPIServerIdentity).
 func TestNodesAreHostAndRemoteNode(t *testing.T) {
 	env := testenv.New(t, testenv.Options{})
 	cs, err := kubernetes.NewForConfig(env.Config)
@@ -29,7 +34,7 @@ func TestNodesAreHostAndRemoteNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	for name, ip := range map[string]string{"node-a": "192.0.2.1", "node-b": "192.0.2.2"} {
+	for name, ip := range map[string]string{"node-a": "203.0.113.1", "node-b": "203.0.113.2"} {
 		n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -41,9 +46,14 @@ func TestNodesAreHostAndRemoteNode(t *testing.T) {
 		// CiliumNode: the node's address and its cilium_host router address.
 		_, err = cc.CiliumV2().CiliumNodes().Create(ctx, &ciliumv2.CiliumNode{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec: ciliumv2.NodeSpec{Addresses: []ciliumv2.NodeAddress{
-				{Type: "InternalIP", IP: ip}, {Type: "CiliumInternalIP", IP: ip + "0"},
-			}},
+			Spec: ciliumv2.NodeSpec{
+				Addresses: []ciliumv2.NodeAddress{
+					{Type: "InternalIP", IP: ip}, {Type: "CiliumInternalIP", IP: ip + "0"},
+				},
+				// Cilium's health endpoint and Ingress listener addresses.
+				HealthAddressing:  ciliumv2.HealthAddressingSpec{IPv4: ip + "1"},
+				IngressAddressing: ciliumv2.AddressPair{IPV4: ip + "2"},
+			},
 		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -58,10 +68,13 @@ func TestNodesAreHostAndRemoteNode(t *testing.T) {
 		src  Source
 		want map[string]NumericIdentity
 	}{
-		{"pods", pods, map[string]NumericIdentity{"192.0.2.1": ciliumidentity.ReservedIdentityHost, "192.0.2.2": ciliumidentity.ReservedIdentityRemoteNode}},
+		{"pods", pods, map[string]NumericIdentity{"203.0.113.1": ciliumidentity.ReservedIdentityHost, "203.0.113.2": ciliumidentity.ReservedIdentityRemoteNode}},
 		{"cilium", cilium, map[string]NumericIdentity{
-			"192.0.2.1": ciliumidentity.ReservedIdentityHost, "192.0.2.10": ciliumidentity.ReservedIdentityHost,
-			"192.0.2.2": ciliumidentity.ReservedIdentityRemoteNode, "192.0.2.20": ciliumidentity.ReservedIdentityRemoteNode,
+			"203.0.113.1": ciliumidentity.ReservedIdentityHost, "203.0.113.10": ciliumidentity.ReservedIdentityHost,
+			"203.0.113.2": ciliumidentity.ReservedIdentityRemoteNode, "203.0.113.20": ciliumidentity.ReservedIdentityRemoteNode,
+			// health and ingress wherever they are, as in Cilium's ipcache
+			"203.0.113.11": ciliumidentity.ReservedIdentityHealth, "203.0.113.21": ciliumidentity.ReservedIdentityHealth,
+			"203.0.113.12": ciliumidentity.ReservedIdentityIngress, "203.0.113.22": ciliumidentity.ReservedIdentityIngress,
 		}},
 	} {
 		runSource(t, c.src) // until the test ends: the deletion below needs it
@@ -89,10 +102,80 @@ func TestNodesAreHostAndRemoteNode(t *testing.T) {
 	}
 	for _, src := range []Source{pods, cilium} {
 		eventually(t, src, "node-b gone", func(s *Snapshot) error {
-			if _, err := peerIdentity(s, "192.0.2.2"); err == nil {
-				return fmt.Errorf("192.0.2.2 still known")
+			if _, err := peerIdentity(s, "203.0.113.2"); err == nil {
+				return fmt.Errorf("203.0.113.2 still known")
 			}
 			return nil
+		})
+	}
+}
+
+// The kube-apiserver's addresses (the kubernetes Service's EndpointSlices)
+// are kube-apiserver, also on another node, but this node's stay host.
+// Both sources, against a real API server.
+func TestKubeAPIServerIdentity(t *testing.T) {
+	env := testenv.New(t, testenv.Options{})
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := versioned.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for name, ip := range map[string]string{"node-c": "192.0.2.101", "node-d": "192.0.2.102"} {
+		n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cc.CiliumV2().CiliumNodes().Create(ctx, &ciliumv2.CiliumNode{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       ciliumv2.NodeSpec{Addresses: []ciliumv2.NodeAddress{{Type: "InternalIP", IP: ip}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// envtest's API server publishes its own slice (127.0.0.1 or the
+	// like); add one that names an outside control plane and both nodes.
+	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "kubernetes-extra", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"198.51.100.7"}}, {Addresses: []string{"192.0.2.101"}}, {Addresses: []string{"192.0.2.102"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.DiscoveryV1().EndpointSlices("default").Delete(context.Background(), "kubernetes-extra", metav1.DeleteOptions{})
+	})
+	pods := NewPodSource(cs, nil, "", nil)
+	pods.LocalNode = "node-c"
+	cilium := NewCiliumSource(cc, nil)
+	cilium.LocalNode, cilium.Kube = "node-c", cs
+	want := map[string]NumericIdentity{
+		"198.51.100.7": ciliumidentity.ReservedIdentityKubeAPIServer,
+		"192.0.2.102":  ciliumidentity.ReservedIdentityKubeAPIServer, // remote-node with kube-apiserver
+		"192.0.2.101":  ciliumidentity.ReservedIdentityHost,          // this node stays host
+	}
+	for name, src := range map[string]Source{"pods": pods, "cilium": cilium} {
+		runSource(t, src)
+		t.Run(name, func(t *testing.T) {
+			eventually(t, src, "kube-apiserver identities", func(s *Snapshot) error {
+				for ip, id := range want {
+					got, err := peerIdentity(s, ip)
+					if err != nil {
+						return err
+					}
+					if got != id {
+						return fmt.Errorf("%s: identity %d, want %d", ip, got, id)
+					}
+				}
+				return nil
+			})
 		})
 	}
 }

@@ -110,7 +110,19 @@ func (s *PodSource) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	apiSynced := make(chan struct{})
+	go func() {
+		if err := s.runAPIServer(ctx, s.client, apiSynced); err != nil && ctx.Err() == nil {
+			s.log.Error("kube-apiserver addresses not watched: they resolve as any other address", "err", err)
+			close(apiSynced)
+		}
+	}()
 	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced, nsInf.HasSynced, nodeInf.HasSynced) {
+		return ctx.Err()
+	}
+	select {
+	case <-apiSynced:
+	case <-ctx.Done():
 		return ctx.Err()
 	}
 	s.markSynced()
