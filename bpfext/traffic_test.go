@@ -216,7 +216,10 @@ func TestRealTraffic(t *testing.T) {
 		{"child cgroup of the sidecar tcp to B", p.child, []string{"connect", "tcp", b4, "2s"}, false, "EPERM"},
 		{"child cgroup of the sidecar tcp to A", p.child, []string{"connect", "tcp", a4, "2s"}, true, ""},
 		{"child cgroup of the sidecar ping A", p.child, []string{"ping", peerA4, "1s"}, false, "EPERM"},
-		{"unclassified container", p.newborn, []string{"connect", "tcp", a4, "2s"}, false, "EPERM"},
+		// Dropped, not refused: its SYN is retransmitted until the agent
+		// classifies it (TestUnclassifiedTCPWaitsForClassification).
+		{"unclassified container tcp", p.newborn, []string{"connect", "tcp", a4, "1500ms"}, false, "timeout"},
+		{"unclassified container udp", p.newborn, []string{"connect", "udp", a4, "2s"}, false, "EPERM"},
 	})
 
 	evs := drainEvents(rd)
@@ -436,5 +439,46 @@ func TestEnforcementOutlivesLoader(t *testing.T) {
 	}
 	if pols, err := d.PolicyIDs(); err != nil || len(pols) != 1 || pols[0] != 10 {
 		t.Errorf("policies after adoption: %v %v, want [10]", pols, err)
+	}
+}
+
+// A new container's first TCP connection waits instead of failing: until
+// the agent classifies the container its SYN is dropped (fail closed), the
+// kernel retransmits it, and once the container is classified the
+// connection goes through. A process that connects at start does not
+// crash-loop on EPERM.
+func TestUnclassifiedTCPWaitsForClassification(t *testing.T) {
+	p := newTestPod(t)
+	d := newTestDatapath(t)
+	cs, pods, ids, rules := p.policy()
+	for _, err := range []error{d.UpsertContainers(cs), d.UpsertPods(pods), d.UpsertIdentities(ids), d.UpsertRules(rules)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Attach(p.pod); err != nil {
+		t.Fatal(err)
+	}
+	p.startPeers(t)
+	a4 := peerA4 + ":8080"
+	done := make(chan nettest.Result, 1)
+	go func() { done <- nettest.RunHelper(t, p.newborn, p.ns, "connect", "tcp", a4, "5s") }()
+	// The agent classifies the container a moment later, as the app:
+	// unrestricted egress.
+	time.Sleep(300 * time.Millisecond)
+	if err := d.UpsertContainers([]Container{{CgroupID: p.newbornID, PolicyID: 20, PodID: 7, ContainerID: 3, FailOpen: true}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if !r.OK {
+			t.Fatalf("first connect of a container classified 300ms after it started: %s, want it to succeed once classified", r.Output)
+		}
+		if r.Elapsed < 300*time.Millisecond {
+			t.Errorf("connected in %s, before the container was classified: the unclassified SYN was not dropped", r.Elapsed)
+		}
+		t.Logf("connected after %s (SYN retransmitted once classified)", r.Elapsed.Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect did not return")
 	}
 }

@@ -234,16 +234,7 @@ spec:
 		paySvc := createService(t, n, "payments", payments)
 		dial := func(p *localnode.Pod, container string, svc netip.AddrPort, allowed bool) {
 			t.Helper()
-			waitFor(t, fmt.Sprintf("%s/%s -> %s (allowed=%t)", p.Name, container, svc, allowed), func() error {
-				_, err := n.Local.Dial(context.Background(), p, container, "tcp", svc.String(), 2*time.Second)
-				switch {
-				case allowed && err != nil:
-					return err
-				case !allowed && !errors.Is(err, syscall.EPERM):
-					return fmt.Errorf("got %v, want EPERM", err)
-				}
-				return nil
-			})
+			expectTCP(t, n, p, container, svc.String(), allowed)
 		}
 		// Cilium's socket LB runs after sidewall's connect hook, so the
 		// hook sees the ClusterIP: sidewall decides it on the backends.
@@ -261,17 +252,7 @@ spec:
 		node := n.Local.HostIP()
 		dial := func(container string, port uint16, allowed bool) {
 			t.Helper()
-			addr := netip.AddrPortFrom(node, port).String()
-			waitFor(t, fmt.Sprintf("web/%s -> node %s (allowed=%t)", container, addr, allowed), func() error {
-				_, err := n.Local.Dial(context.Background(), web, container, "tcp", addr, 2*time.Second)
-				switch {
-				case allowed && err != nil:
-					return err
-				case !allowed && !errors.Is(err, syscall.EPERM):
-					return fmt.Errorf("got %v, want EPERM", err)
-				}
-				return nil
-			})
+			expectTCP(t, n, web, container, netip.AddrPortFrom(node, port).String(), allowed)
 		}
 		dial("log-shipper", logNP, true)
 		dial("log-shipper", payNP, false)
@@ -442,6 +423,22 @@ func applyCNP(t *testing.T, n *agentnode.Node, cc versioned.Interface, doc strin
 	if err := n.Local.WaitCiliumPolicy(ctx, ns, cnp.Name, start); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// expectTCP waits until a TCP connection from a container of p to addr
+// gets the wanted outcome: connected, or refused at once with EPERM.
+func expectTCP(t *testing.T, n *agentnode.Node, p *localnode.Pod, container, addr string, allowed bool) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%s/%s -> %s (allowed=%t)", p.Name, container, addr, allowed), func() error {
+		_, err := n.Local.Dial(context.Background(), p, container, "tcp", addr, 2*time.Second)
+		switch {
+		case allowed && err != nil:
+			return err
+		case !allowed && !errors.Is(err, syscall.EPERM):
+			return fmt.Errorf("got %v, want EPERM", err)
+		}
+		return nil
+	})
 }
 
 func waitFor(t *testing.T, what string, cond func() error) {

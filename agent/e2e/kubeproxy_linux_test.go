@@ -1,14 +1,9 @@
 package e2e
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"net/netip"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -53,17 +48,7 @@ func TestCiliumNodeKubeProxy(t *testing.T) {
 	}
 	dial := func(p *localnode.Pod, container, svc string, allowed bool) {
 		t.Helper()
-		addr := svcs[svc].String()
-		waitFor(t, fmt.Sprintf("%s/%s -> Service %s %s (allowed=%t)", p.Name, container, svc, addr, allowed), func() error {
-			_, err := n.Local.Dial(context.Background(), p, container, "tcp", addr, 2*time.Second)
-			switch {
-			case allowed && err != nil:
-				return err
-			case !allowed && !errors.Is(err, syscall.EPERM):
-				return fmt.Errorf("got %v, want EPERM", err)
-			}
-			return nil
-		})
+		expectTCP(t, n, p, container, svcs[svc].String(), allowed)
 	}
 	packets := func(svc string) int {
 		t.Helper()

@@ -115,6 +115,15 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 		peer = resolve_identity(t.family, t.daddr);
 	}
 	decide(&ci, DIR_EGRESS, local, peer, t.proto, t.dport, 1, &d);
+	/* A TCP connect from a container the agent has not classified yet
+	 * (the process sits below the pod cgroup's deny-all entry) is let
+	 * through to cgroup_skb, which drops its SYN: the kernel retransmits
+	 * it, and the connection succeeds once the container is classified,
+	 * instead of failing at once with EPERM (a sidecar that connects at
+	 * start would crash-loop). Still fail closed: nothing leaves the pod. */
+	if (d.verdict == VERDICT_DENY && d.reason == REASON_UNCLASSIFIED &&
+	    t.proto == IPPROTO_TCP && cgid != leaf)
+		return 1;
 	/* Counted as the packet verdicts are (same index), so a connect denied
 	 * with EPERM, which never sends a packet, shows in the counters too. */
 	count_verdict(DIR_EGRESS, d.verdict, d.reason);

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
+	"github.com/cilium/cilium/pkg/policy/api"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -201,24 +202,10 @@ func (d *demo) showGenerated(ctx context.Context) error {
 			// of lines that say one thing.
 			spec := cnp.Spec.DeepCopy()
 			for i := range spec.Egress {
-				if icmps := spec.Egress[i].ICMPs; len(icmps) > 0 {
-					for _, r := range icmps {
-						elided += len(r.Fields)
-					}
-					spec.Egress[i].ICMPs = icmps[:1]
-					spec.Egress[i].ICMPs[0].Fields = icmps[0].Fields[:1]
-					elided--
-				}
+				elided += shortenICMPs(&spec.Egress[i].ICMPs)
 			}
 			for i := range spec.Ingress {
-				if icmps := spec.Ingress[i].ICMPs; len(icmps) > 0 {
-					for _, r := range icmps {
-						elided += len(r.Fields)
-					}
-					spec.Ingress[i].ICMPs = icmps[:1]
-					spec.Ingress[i].ICMPs[0].Fields = icmps[0].Fields[:1]
-					elided--
-				}
+				elided += shortenICMPs(&spec.Ingress[i].ICMPs)
 			}
 			view.Spec = spec
 		}
@@ -240,6 +227,20 @@ func (d *demo) showGenerated(ctx context.Context) error {
 	fmt.Fprintln(d.out, "default deny: so the CNP with the HTTP rule puts web into egress default deny and allows everything")
 	fmt.Fprintln(d.out, "but logging:8080, which only the HTTP rule allows (the rules after the first). The app keeps its traffic.")
 	return nil
+}
+
+// shortenICMPs keeps the first ICMP field of a rule's list, for display,
+// and returns how many it left out.
+func shortenICMPs(icmps *api.ICMPRules) int {
+	if len(*icmps) == 0 || len((*icmps)[0].Fields) == 0 {
+		return 0
+	}
+	n := 0
+	for _, r := range *icmps {
+		n += len(r.Fields)
+	}
+	*icmps = api.ICMPRules{{Fields: (*icmps)[0].Fields[:1]}}
+	return n - 1
 }
 
 // showStatus prints what `kubectl get ctrnp` prints, from the CRD's
