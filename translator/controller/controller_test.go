@@ -177,8 +177,8 @@ func TestHandEditAndDeletionRepaired(t *testing.T) {
 		return nil
 	})
 
-	// Removing sidewall's label takes the CNP out of the controller's
-	// filtered cache; the controller must still put the label back.
+	// A CNP that lost sidewall's label is still the policy's (it controls
+	// it): the controller puts the label back.
 	cnp, err = getCNP(ns, "shipper")
 	if err != nil {
 		t.Fatal(err)

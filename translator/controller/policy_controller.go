@@ -320,9 +320,8 @@ func (r *PolicyReconciler) ensureCNP(ctx context.Context, policy *v1alpha1.Conta
 	switch {
 	case err == nil:
 	case apierrors.IsNotFound(err):
-		// The cache may lag behind a CNP applied a moment ago, and holds
-		// only CNPs with sidewall's label (not a user's, nor one whose
-		// label was removed): ask the API server.
+		// The cache may lag behind a CNP applied a moment ago: ask the
+		// API server.
 		switch err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(desired), live); {
 		case err == nil:
 		case apierrors.IsNotFound(err):

@@ -251,6 +251,3 @@ func (e *endpoint) RegenerateIfAlive(*regeneration.ExternalRegenerationMetadata)
 	c <- false
 	return c
 }
-
-// NPDS returns the NPDS policy as text, for debugging a test.
-func (r *Resolved) NPDS() string { return r.npds.String() }
