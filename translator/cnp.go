@@ -238,14 +238,37 @@ func ToCNPWith(p *v1alpha1.ContainerNetworkPolicy, opts CNPOptions) (*ciliumv2.C
 	return cnp, l7, nil
 }
 
+// hasHTTPRules reports whether an allow rule of the spec has HTTP rules.
+func hasHTTPRules(spec *v1alpha1.ContainerNetworkPolicySpec) bool {
+	for i := range spec.Egress {
+		for _, pr := range spec.Egress[i].ToPorts {
+			if pr.Rules != nil && len(pr.Rules.HTTP) > 0 {
+				return true
+			}
+		}
+	}
+	for i := range spec.Ingress {
+		for _, pr := range spec.Ingress[i].ToPorts {
+			if pr.Rules != nil && len(pr.Rules.HTTP) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // enforceL7 adds, per direction with HTTP rules, what makes Cilium enforce
 // them: default deny and the complement of the L7 peers and ports, unless
 // other policies default-deny the pods already.
 func enforceL7(p *v1alpha1.ContainerNetworkPolicy, rule *api.Rule, opts CNPOptions, l7 *L7Result) error {
+	if !hasHTTPRules(&p.Spec) {
+		return nil
+	}
 	rs, err := ToRuleSet(p)
 	if err != nil {
 		return err
 	}
+	added := &api.Rule{EndpointSelector: rule.EndpointSelector}
 	for _, dir := range []Direction{Egress, Ingress} {
 		own := l7Pairs(rs, dir)
 		if len(own) == 0 {
@@ -272,9 +295,11 @@ func enforceL7(p *v1alpha1.ContainerNetworkPolicy, rule *api.Rule, opts CNPOptio
 			case dir == Egress:
 				rule.EnableDefaultDeny.Egress = ptr.To(true)
 				rule.Egress = append(rule.Egress, eg...)
+				added.Egress = append(added.Egress, eg...)
 			default:
 				rule.EnableDefaultDeny.Ingress = ptr.To(true)
 				rule.Ingress = append(rule.Ingress, in...)
+				added.Ingress = append(added.Ingress, in...)
 			}
 		}
 		if dir == Egress {
@@ -283,8 +308,12 @@ func enforceL7(p *v1alpha1.ContainerNetworkPolicy, rule *api.Rule, opts CNPOptio
 			l7.Ingress, l7.IngressReason = mode, reason
 		}
 	}
-	// The complement must pass Cilium's own checks as the rest did.
-	if err := rule.DeepCopy().Sanitize(); err != nil {
+	// The complement must pass Cilium's own checks as the rest did (the
+	// policy's own rules passed them before).
+	if len(added.Egress)+len(added.Ingress) == 0 {
+		return nil
+	}
+	if err := added.DeepCopy().Sanitize(); err != nil {
 		return fmt.Errorf("policy %s/%s: the complement of its L7 peers is refused by Cilium: %w", p.Namespace, p.Name, err)
 	}
 	return nil

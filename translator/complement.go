@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
+	"sync"
 
 	slimv1 "github.com/cilium/cilium/pkg/k8s/slim/k8s/apis/meta/v1"
 	"github.com/cilium/cilium/pkg/policy/api"
@@ -341,23 +342,34 @@ func (r requirement) negated() (requirement, error) {
 	return out, nil
 }
 
-// allICMP allows every ICMP and ICMPv6 type.
+// allICMP allows every ICMP and ICMPv6 type. The rules are built once;
+// callers get their own slices (the fields' types are never written).
 func allICMP() api.ICMPRules {
-	var rules api.ICMPRules
-	for _, fam := range []string{api.IPv4Family, api.IPv6Family} {
-		var fields []api.ICMPField
-		for t := 0; t < 256; t++ {
-			typ := intstr.FromInt32(int32(t))
-			fields = append(fields, api.ICMPField{Family: fam, Type: &typ})
-			if len(fields) == 40 {
-				rules = append(rules, api.ICMPRule{Fields: fields})
-				fields = nil
+	icmpOnce.Do(func() {
+		for _, fam := range []string{api.IPv4Family, api.IPv6Family} {
+			var fields []api.ICMPField
+			for t := 0; t < 256; t++ {
+				typ := intstr.FromInt32(int32(t))
+				fields = append(fields, api.ICMPField{Family: fam, Type: &typ})
+				if len(fields) == 40 {
+					icmpAll = append(icmpAll, api.ICMPRule{Fields: fields})
+					fields = nil
+				}
 			}
+			icmpAll = append(icmpAll, api.ICMPRule{Fields: fields})
 		}
-		rules = append(rules, api.ICMPRule{Fields: fields})
+	})
+	out := make(api.ICMPRules, len(icmpAll))
+	for i, r := range icmpAll {
+		out[i] = api.ICMPRule{Fields: append([]api.ICMPField(nil), r.Fields...)}
 	}
-	return rules
+	return out
 }
+
+var (
+	icmpOnce sync.Once
+	icmpAll  api.ICMPRules
+)
 
 // peerSide is the peer part of a rule: one L7 peer, or a set of peers.
 type peerSide struct {
