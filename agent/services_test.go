@@ -1,12 +1,17 @@
 package agent
 
 import (
+	"log/slog"
 	"net/netip"
 	"testing"
 
 	"github.com/cilium/cilium/pkg/labels"
+	"github.com/cilium/cilium/pkg/u8proto"
+	"sigs.k8s.io/yaml"
 
 	"github.com/sidewall/sidewall/bpfext"
+	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/hack/harness/ciliumengine"
 	"github.com/sidewall/sidewall/translator"
 )
 
@@ -226,5 +231,62 @@ spec:
 	}
 	if s.Containers[shipper].IngressRestricted {
 		t.Fatal("log-shipper is restricted on ingress, the policy selects only app")
+	}
+}
+
+// The ports sidewall opens to the host (Envoy) on ingress are exactly the
+// ones Cilium redirects to its proxy for the generated CNP, as Cilium's own
+// policy engine resolves it (hack/harness/ciliumengine).
+func TestProxiedIngressFollowsCiliumRedirects(t *testing.T) {
+	doc := `
+metadata: {name: admin, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [app]}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: "^/status$"}]}}]
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "9090", protocol: TCP}, {port: "7000", endPort: 7010, protocol: TCP}]}]
+`
+	var p v1alpha1.ContainerNetworkPolicy
+	if err := yaml.UnmarshalStrict([]byte(doc), &p); err != nil {
+		t.Fatal(err)
+	}
+	cnp, err := translator.ToCNP(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ciliumengine.New(slog.New(slog.DiscardHandler))
+	snap := snapshot()
+	// As Cilium labels them: with the cluster.
+	cluster := labels.NewLabel("io.cilium.k8s.policy.cluster", "default", labels.LabelSourceK8s)
+	web := e.AddIdentity("web", append(append(labels.LabelArray{}, snap.Identities[1000]...), cluster).Sort())
+	a := e.AddIdentity("a", append(append(labels.LabelArray{}, snap.Identities[1001]...), cluster).Sort())
+	if err := e.Add(cnp); err != nil {
+		t.Fatal(err)
+	}
+	r, err := e.Resolve(web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := ruleSet(t, doc)
+	s := Compile(Input{Pods: []PodState{webPod(ipWeb.String())}, RuleSets: []*translator.RuleSet{rs}, Identities: snap, HostByPolicy: true}, NewIDs())
+	host := netip.MustParseAddr("192.0.2.1")
+	s.Identities[netip.PrefixFrom(host, 32)] = bpfext.IdentityHost
+	const app = 102
+	redirected := 0
+	for _, port := range []uint16{8080, 9090, 7005, 443} {
+		proxied := r.Lookup(false, a, u8proto.TCP, port).Redirected
+		if proxied {
+			redirected++
+		}
+		got, why := datapathVerdict(s, app, bpfext.Ingress, false, 0, host, bpfext.ProtoTCP, port)
+		if got != proxied {
+			t.Errorf("port %d: Cilium redirects it to its proxy: %t; sidewall lets the host (the proxy) in: %t (%s)", port, proxied, got, why)
+		}
+	}
+	if redirected == 0 {
+		t.Fatal("Cilium redirects no port: the test proves nothing")
 	}
 }

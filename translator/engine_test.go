@@ -19,11 +19,11 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/sidewall/sidewall/crds/v1alpha1"
-	"github.com/sidewall/sidewall/translator/internal/ciliumengine"
+	"github.com/sidewall/sidewall/hack/harness/ciliumengine"
 )
 
 // The engine suite runs every golden case's generated CNP through Cilium's
-// own policy engine (translator/internal/ciliumengine: the repository,
+// own policy engine (hack/harness/ciliumengine: the repository,
 // selector cache, distilled map state and the NPDS policy Envoy gets) in
 // three cluster contexts, and compares what Cilium would do with
 // engine.yaml. engine.yaml is written from sidewall's semantics by the
