@@ -348,6 +348,53 @@ spec:
 		n.DeletePolicy("logging-ingress")
 	})
 
+	t.Run("a selector on a namespace label selects as Cilium's identities do", func(t *testing.T) {
+		// payments restricted on ingress to web only, selected by a label
+		// of its namespace: Cilium puts namespace labels into identities.
+		n.ApplyPolicy(`
+metadata: {name: by-namespace}
+spec:
+  podSelector: {matchLabels: {app: payments, io.cilium.k8s.namespace.labels.team: shop-team}}
+  containers: {names: [app]}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+		t.Cleanup(func() { n.DeletePolicy("by-namespace") })
+		// Not selected yet: logging reaches payments.
+		if err := n.Dial(logging, "app", payments, "8080"); err != nil {
+			t.Fatalf("logging -> payments:8080 before the namespace has the label: %v", err)
+		}
+		ns, err := n.Client.CoreV1().Namespaces().Get(context.Background(), n.Namespace, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns.Labels["team"] = "shop-team"
+		if _, err := n.Client.CoreV1().Namespaces().Update(context.Background(), ns, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "Cilium's identity of payments carries the namespace label", func() error {
+			cep := waitEndpoint(t, cc, payments)
+			cid, err := cc.CiliumV2().CiliumIdentities().Get(context.Background(), fmt.Sprint(cep.Status.Identity.ID), metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if cid.SecurityLabels["k8s:io.cilium.k8s.namespace.labels.team"] != "shop-team" {
+				return fmt.Errorf("labels %v", cid.SecurityLabels)
+			}
+			return nil
+		})
+		// Selected now, through Cilium's identity labels: logging's
+		// connection is dropped at payments' app (sidewall's ingress).
+		waitFor(t, "logging -> payments:8080 dropped by payments' ingress rule", func() error {
+			if err := n.Dial(logging, "app", payments, "8080"); err == nil {
+				return errors.New("connected")
+			}
+			return nil
+		})
+		n.Expect(web, "app", payments, "8080", true)
+	})
+
 	t.Run("Cilium's default deny and sidewall's grant", func(t *testing.T) {
 		applyCNP(t, n, cc, defaultDeny)
 		// Granted by the generated CNP at Cilium's level, and by sidewall
