@@ -35,8 +35,15 @@ func rawPort(p uint16) int64 { return rawU32([4]byte{byte(p >> 8), byte(p), 0, 0
 // sidewall's connect4 on the pod cgroup, so sidewall sees the vip.
 func attachSocketLB(t *testing.T, root string, vip, backend netip.AddrPort) {
 	t.Helper()
+	attachSocketLBHook(t, root, ebpf.AttachCGroupInet4Connect, vip, backend)
+}
+
+// attachSocketLBHook is attachSocketLB at one hook: connect4, or sendmsg4
+// for unconnected UDP (cil_sock4_sendmsg).
+func attachSocketLBHook(t *testing.T, root string, hook ebpf.AttachType, vip, backend netip.AddrPort) {
+	t.Helper()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Connect, License: "GPL",
+		Type: ebpf.CGroupSockAddr, AttachType: hook, License: "GPL",
 		Instructions: asm.Instructions{
 			asm.Mov.Reg(asm.R6, asm.R1),
 			asm.LoadMem(asm.R2, asm.R6, sockAddrUserIP4, asm.Word),
@@ -53,7 +60,7 @@ func attachSocketLB(t *testing.T, root string, vip, backend netip.AddrPort) {
 		t.Fatalf("load socket LB stand-in: %v", err)
 	}
 	t.Cleanup(func() { prog.Close() })
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: hook, Program: prog})
 	if err != nil {
 		t.Fatalf("attach socket LB stand-in to %s: %v", root, err)
 	}
@@ -96,4 +103,49 @@ func TestAgentDecidesServicesOnBackends(t *testing.T) {
 	dial("log-shipper", svcB, false) // its backend is not: EPERM at connect
 	dial("app", svcB, true)          // unrestricted
 	dial("app", svcA, true)          // policyTo shares the grant with the pod
+}
+
+// The same for unconnected UDP: a sendmsg4 program at the node's cgroup
+// root rewrites the Service address after sidewall's sendmsg4 saw it, as
+// Cilium's cil_sock4_sendmsg does.
+func TestAgentDecidesUDPServicesOnBackends(t *testing.T) {
+	h := newHarness(t)
+	h.applyPolicy(`
+metadata: {name: shipper}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containers: {names: [log-shipper]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "5353", protocol: UDP}]}]
+`)
+	a := h.runPod("peer-a", map[string]string{"app": "a"}, false)
+	b := h.runPod("peer-b", map[string]string{"app": "b"}, false)
+	h.Listen(a, "app", "udp", 5353)
+	h.Listen(b, "app", "udp", 5353)
+	web := h.runPod("web", map[string]string{"app": "web"}, true)
+
+	svcA := h.CreateService(h.Namespace, "dns-a", a, "dns", corev1.ProtocolUDP, 53, 5353)
+	svcB := h.CreateService(h.Namespace, "dns-b", b, "dns", corev1.ProtocolUDP, 53, 5353)
+	root := filepath.Join(h.Local.CgroupMount(), h.Local.CgroupRoot())
+	attachSocketLBHook(t, root, ebpf.AttachCGroupUDP4Sendmsg, svcA, netip.AddrPortFrom(a.IP, 5353))
+	attachSocketLBHook(t, root, ebpf.AttachCGroupUDP4Sendmsg, svcB, netip.AddrPortFrom(b.IP, 5353))
+
+	send := func(container string, svc netip.AddrPort, allowed bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			_, err := h.Local.Dial(context.Background(), web, container, "sendto", svc.String(), 2*time.Second)
+			if allowed && err == nil || !allowed && errors.Is(err, syscall.EPERM) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("web/%s sendto %s: got %v, want allowed=%t", container, svc, err, allowed)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	send("log-shipper", svcA, true)  // its backend is granted
+	send("log-shipper", svcB, false) // its backend is not: EPERM at sendto
+	send("app", svcB, true)          // unrestricted
 }

@@ -144,6 +144,9 @@ func serve(proto, port, ident string) error {
 
 func dial(network, addr, ident string, timeout time.Duration) result {
 	deadline := time.Now().Add(timeout)
+	if network == "sendto" {
+		return sendto(addr, ident, deadline)
+	}
 	c, err := (&net.Dialer{Deadline: deadline}).Dial(network, addr)
 	if err != nil {
 		return failure("connect", err)
@@ -158,6 +161,30 @@ func dial(network, addr, ident string, timeout time.Duration) result {
 		return failure("receive", err)
 	}
 	return result{OK: true, Reply: strings.TrimSpace(line)}
+}
+
+// sendto sends one datagram with an unconnected UDP socket (sendmsg, not
+// connect, is the hook that sees it) and waits for the echo.
+func sendto(addr, ident string, deadline time.Time) result {
+	to, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return failure("resolve", err)
+	}
+	pc, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		return failure("socket", err)
+	}
+	defer pc.Close()
+	_ = pc.SetDeadline(deadline)
+	if _, err := pc.WriteTo([]byte("hello from "+ident+"\n"), to); err != nil {
+		return failure("sendto", err)
+	}
+	buf := make([]byte, 512)
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil {
+		return failure("receive", err)
+	}
+	return result{OK: true, Reply: strings.TrimSpace(string(buf[:n]))}
 }
 
 func httpRequest(method, url string, timeout time.Duration) result {

@@ -264,11 +264,12 @@ func (e *ConnError) Unwrap() []error {
 }
 
 // Dial connects from the container to addr ("ip:port") with network "tcp"
-// or "udp", sends one line and waits for the answer, all within timeout. It
-// returns the answer, or a *ConnError with the error the process got.
+// or "udp", or sends from an unconnected UDP socket with "sendto", sends one
+// line and waits for the answer, all within timeout. It returns the answer,
+// or a *ConnError with the error the process got.
 func (n *Node) Dial(ctx context.Context, p *Pod, container, network, addr string, timeout time.Duration) (string, error) {
-	if network != "tcp" && network != "udp" {
-		return "", fmt.Errorf("dial: network %q: want tcp or udp", network)
+	if network != "tcp" && network != "udp" && network != "sendto" {
+		return "", fmt.Errorf("dial: network %q: want tcp, udp or sendto (unconnected UDP)", network)
 	}
 	r, err := n.runClient(ctx, p, container, timeout, "dial", network, addr, timeout.String())
 	if err != nil {
