@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	ciliumidentity "github.com/cilium/cilium/pkg/identity"
@@ -46,6 +47,24 @@ func (s *store) setAPIServerLocked(slices []*discoveryv1.EndpointSlice) {
 }
 
 func isNodeKey(key string) bool { return len(key) > 6 && key[:6] == "\x00node/" }
+
+// watchAPIServer runs runAPIServer in the background when client is set,
+// and returns a channel closed once it has listed the slices, or has
+// failed (the addresses then resolve as any other).
+func (s *store) watchAPIServer(ctx context.Context, client kubernetes.Interface, log *slog.Logger) <-chan struct{} {
+	synced := make(chan struct{})
+	if client == nil {
+		close(synced)
+		return synced
+	}
+	go func() {
+		if err := s.runAPIServer(ctx, client, synced); err != nil && ctx.Err() == nil {
+			log.Error("kube-apiserver addresses not watched: they resolve as any other address", "err", err)
+			close(synced)
+		}
+	}()
+	return synced
+}
 
 // runAPIServer watches the kubernetes Service's EndpointSlices until ctx
 // is done, and closes synced once it has listed them.

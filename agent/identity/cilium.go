@@ -92,17 +92,7 @@ func (s *CiliumSource) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	apiSynced := make(chan struct{})
-	if s.Kube != nil {
-		go func() {
-			if err := s.runAPIServer(ctx, s.Kube, apiSynced); err != nil && ctx.Err() == nil {
-				s.log.Error("kube-apiserver addresses not watched: they resolve as any other address", "err", err)
-				close(apiSynced)
-			}
-		}()
-	} else {
-		close(apiSynced)
-	}
+	apiSynced := s.watchAPIServer(ctx, s.Kube, s.log)
 	if !cache.WaitForCacheSync(ctx.Done(), cepInf.HasSynced, cidInf.HasSynced, nodeInf.HasSynced) {
 		return ctx.Err()
 	}

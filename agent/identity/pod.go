@@ -110,13 +110,7 @@ func (s *PodSource) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	apiSynced := make(chan struct{})
-	go func() {
-		if err := s.runAPIServer(ctx, s.client, apiSynced); err != nil && ctx.Err() == nil {
-			s.log.Error("kube-apiserver addresses not watched: they resolve as any other address", "err", err)
-			close(apiSynced)
-		}
-	}()
+	apiSynced := s.watchAPIServer(ctx, s.client, s.log)
 	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced, nsInf.HasSynced, nodeInf.HasSynced) {
 		return ctx.Err()
 	}
