@@ -66,6 +66,22 @@ func (s *store) watchAPIServer(ctx context.Context, client kubernetes.Interface,
 	return synced
 }
 
+// serve waits for the informers and the kube-apiserver addresses, marks
+// the source synced, and runs until ctx is done.
+func (s *store) serve(ctx context.Context, apiSynced <-chan struct{}, synced ...cache.InformerSynced) error {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return ctx.Err()
+	}
+	select {
+	case <-apiSynced:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.markSynced()
+	<-ctx.Done()
+	return nil
+}
+
 // runAPIServer watches the kubernetes Service's EndpointSlices until ctx
 // is done, and closes synced once it has listed them.
 func (s *store) runAPIServer(ctx context.Context, client kubernetes.Interface, synced chan<- struct{}) error {

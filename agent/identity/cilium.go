@@ -93,17 +93,7 @@ func (s *CiliumSource) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	apiSynced := s.watchAPIServer(ctx, s.Kube, s.log)
-	if !cache.WaitForCacheSync(ctx.Done(), cepInf.HasSynced, cidInf.HasSynced, nodeInf.HasSynced) {
-		return ctx.Err()
-	}
-	select {
-	case <-apiSynced:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	s.markSynced()
-	<-ctx.Done()
-	return nil
+	return s.serve(ctx, apiSynced, cepInf.HasSynced, cidInf.HasSynced, nodeInf.HasSynced)
 }
 
 func (s *CiliumSource) endpointChanged(obj any) {

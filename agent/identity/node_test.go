@@ -24,40 +24,18 @@ import (
 // The addresses are not this machine's: its own address is the test API
 // server's, which makes it kube-apiserver (TestKubeAPIServerIdentity).
 func TestNodesAreHostAndRemoteNode(t *testing.T) {
-	env := testenv.New(t, testenv.Options{})
-	cs, err := kubernetes.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := versioned.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs, cc := nodeClients(t)
 	ctx := context.Background()
 	for name, ip := range map[string]string{"node-a": "203.0.113.1", "node-b": "203.0.113.2"} {
-		n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}, {Type: corev1.NodeHostName, Address: name}}
-		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		// CiliumNode: the node's address and its cilium_host router address.
-		_, err = cc.CiliumV2().CiliumNodes().Create(ctx, &ciliumv2.CiliumNode{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec: ciliumv2.NodeSpec{
-				Addresses: []ciliumv2.NodeAddress{
-					{Type: "InternalIP", IP: ip}, {Type: "CiliumInternalIP", IP: ip + "0"},
-				},
-				// Cilium's health endpoint and Ingress listener addresses.
-				HealthAddressing:  ciliumv2.HealthAddressingSpec{IPv4: ip + "1"},
-				IngressAddressing: ciliumv2.AddressPair{IPV4: ip + "2"},
+		// CiliumNode: the node's address and its cilium_host router
+		// address, and Cilium's health endpoint and Ingress listener.
+		createNode(t, cs, cc, name, ip, ciliumv2.NodeSpec{
+			Addresses: []ciliumv2.NodeAddress{
+				{Type: "InternalIP", IP: ip}, {Type: "CiliumInternalIP", IP: ip + "0"},
 			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
+			HealthAddressing:  ciliumv2.HealthAddressingSpec{IPv4: ip + "1"},
+			IngressAddressing: ciliumv2.AddressPair{IPV4: ip + "2"},
+		})
 	}
 	pods := NewPodSource(cs, nil, "", nil)
 	pods.LocalNode = "node-a"
@@ -114,31 +92,10 @@ func TestNodesAreHostAndRemoteNode(t *testing.T) {
 // are kube-apiserver, also on another node, but this node's stay host.
 // Both sources, against a real API server.
 func TestKubeAPIServerIdentity(t *testing.T) {
-	env := testenv.New(t, testenv.Options{})
-	cs, err := kubernetes.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := versioned.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs, cc := nodeClients(t)
 	ctx := context.Background()
 	for name, ip := range map[string]string{"node-c": "192.0.2.101", "node-d": "192.0.2.102"} {
-		n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
-		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cc.CiliumV2().CiliumNodes().Create(ctx, &ciliumv2.CiliumNode{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec:       ciliumv2.NodeSpec{Addresses: []ciliumv2.NodeAddress{{Type: "InternalIP", IP: ip}}},
-		}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		createNode(t, cs, cc, name, ip, ciliumv2.NodeSpec{Addresses: []ciliumv2.NodeAddress{{Type: "InternalIP", IP: ip}}})
 	}
 	// envtest's API server publishes its own slice (127.0.0.1 or the
 	// like); add one that names an outside control plane and both nodes.
@@ -177,5 +134,38 @@ func TestKubeAPIServerIdentity(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// nodeClients are clients of a test API server with Cilium's CRDs.
+func nodeClients(t *testing.T) (kubernetes.Interface, versioned.Interface) {
+	t.Helper()
+	env := testenv.New(t, testenv.Options{})
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := versioned.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, cc
+}
+
+// createNode creates a Node with ip as its InternalIP and a CiliumNode
+// of that name with spec.
+func createNode(t *testing.T, cs kubernetes.Interface, cc versioned.Interface, name, ip string, spec ciliumv2.NodeSpec) {
+	t.Helper()
+	ctx := context.Background()
+	n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}, {Type: corev1.NodeHostName, Address: name}}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.CiliumV2().CiliumNodes().Create(ctx, &ciliumv2.CiliumNode{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -111,17 +111,7 @@ func (s *PodSource) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	apiSynced := s.watchAPIServer(ctx, s.client, s.log)
-	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced, nsInf.HasSynced, nodeInf.HasSynced) {
-		return ctx.Err()
-	}
-	select {
-	case <-apiSynced:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	s.markSynced()
-	<-ctx.Done()
-	return nil
+	return s.serve(ctx, apiSynced, podInf.HasSynced, nsInf.HasSynced, nodeInf.HasSynced)
 }
 
 func (s *PodSource) podChanged(obj any) {

@@ -5,14 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"sort"
 
 	"github.com/cilium/cilium/pkg/k8s"
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	slimnetworkingv1 "github.com/cilium/cilium/pkg/k8s/slim/k8s/api/networking/v1"
 	policytypes "github.com/cilium/cilium/pkg/policy/types"
 	policyutils "github.com/cilium/cilium/pkg/policy/utils"
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -46,8 +44,9 @@ type l7Context struct {
 }
 
 // l7Context reads the policies around an L7 policy's selected pods.
-func (r *PolicyReconciler) l7Context(ctx context.Context, policy *v1alpha1.ContainerNetworkPolicy, ns *corev1.Namespace, pods []corev1.Pod) (l7Context, error) {
+func (r *PolicyReconciler) l7Context(ctx context.Context, policy *v1alpha1.ContainerNetworkPolicy, sc scope) (l7Context, error) {
 	var out l7Context
+	ns, pods := sc.ns, sc.pods
 	entries, err := r.otherPolicyEntries(ctx, policy.Namespace)
 	if err != nil {
 		return out, err
@@ -88,20 +87,11 @@ func (r *PolicyReconciler) l7Context(ctx context.Context, policy *v1alpha1.Conta
 		out.undeniedIngress = freeIn
 	}
 
-	// Siblings: the other valid policies of the namespace with L7 rules
-	// that select one of the same pods.
-	var list v1alpha1.ContainerNetworkPolicyList
-	if err := r.Client.List(ctx, &list, client.InNamespace(policy.Namespace)); err != nil {
-		return out, fmt.Errorf("list policies: %w", err)
-	}
-	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
-	for i := range list.Items {
-		o := &list.Items[i]
-		if o.UID == policy.UID || !hasL7(o) {
-			continue
-		}
-		sel, ok := r.cache.selector(o)
-		if !ok || len(selectedPods(sel, pods, ns)) == 0 {
+	// Siblings: the other policies with L7 rules that select one of the
+	// same pods (the scope holds only valid ones).
+	for i := range sc.others {
+		o := &sc.others[i]
+		if !hasL7(o) {
 			continue
 		}
 		if rs, err := translator.ToRuleSet(o); err == nil {

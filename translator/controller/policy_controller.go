@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -175,12 +176,15 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	tr := r.cache.translate(policy)
 	in := translator.StatusInput{Invalid: tr.invalid, TranslateErr: tr.err}
 	cnp := tr.cnp
-	var err error
+	sc, err := r.scope(ctx, policy)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	if len(in.Invalid) == 0 && tr.err == nil && cnp != nil && hasL7(policy) {
 		// The CNP of a policy with HTTP rules depends on the pods' other
 		// policies (others.go).
 		var l7ctx l7Context
-		if l7ctx, err = r.l7ContextFor(ctx, policy); err != nil {
+		if l7ctx, err = r.l7Context(ctx, policy, sc); err != nil {
 			return ctrl.Result{}, err
 		}
 		var res translator.L7Result
@@ -212,9 +216,7 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		admissionConflict = true
 		r.reportConflict(ctx, policy, conflict)
 	}
-	if in.Analysis, err = r.analyze(ctx, policy); err != nil {
-		return ctrl.Result{}, err
-	}
+	in.Analysis = r.analyze(policy, sc)
 	r.recordRisks(policy, in.Analysis.Risks)
 	st := translator.Status(policy, in)
 	status := &st
@@ -249,65 +251,74 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	return ctrl.Result{}, nil
 }
 
-// l7ContextFor reads the selected pods and their other policies.
-func (r *PolicyReconciler) l7ContextFor(ctx context.Context, policy *v1alpha1.ContainerNetworkPolicy) (l7Context, error) {
-	var list corev1.PodList
-	if err := r.Client.List(ctx, &list, client.InNamespace(policy.Namespace)); err != nil {
-		return l7Context{}, fmt.Errorf("list pods: %w", err)
-	}
-	ns, err := r.namespace(ctx, policy.Namespace)
-	if err != nil {
-		return l7Context{}, err
-	}
-	sel, _ := r.cache.selector(policy)
-	return r.l7Context(ctx, policy, ns, selectedPods(sel, list.Items, ns))
+// scope is what a reconcile reads about the policy's surroundings, once:
+// the namespace, the pods the policy selects, and, for a policy with L7
+// rules that selects a pod, the other policies of the namespace that select
+// one of the same pods (sorted by name).
+type scope struct {
+	ns       *corev1.Namespace
+	selector bool // the policy is valid and has a pod selector
+	pods     []corev1.Pod
+	others   []v1alpha1.ContainerNetworkPolicy
 }
 
-// analyze runs translator.Analyze on the pods of the policy's namespace,
-// listed from the cache (which indexes by namespace).
+// scope lists the pods and policies of the policy's namespace from the
+// cache (which indexes by namespace).
 //
-// The other policies matter only for L7 precision and cost a parse each in
-// Analyze, so they are passed only when the policy has L7 rules and
-// selects a pod, and then only those that select one of the same pods.
-// The result is kept until the policy, those pods or those policies
-// change, so the re-queues that follow every write cost no analysis.
-func (r *PolicyReconciler) analyze(ctx context.Context, policy *v1alpha1.ContainerNetworkPolicy) (translator.Analysis, error) {
+// The other policies matter only for L7 (precision, and the complement of
+// the CNP) and cost a parse each, so they are read only when the policy has
+// L7 rules and selects a pod, and then only those that select one of the
+// same pods.
+func (r *PolicyReconciler) scope(ctx context.Context, policy *v1alpha1.ContainerNetworkPolicy) (scope, error) {
+	var sc scope
 	var list corev1.PodList
 	if err := r.Client.List(ctx, &list, client.InNamespace(policy.Namespace)); err != nil {
-		return translator.Analysis{}, fmt.Errorf("list pods: %w", err)
+		return sc, fmt.Errorf("list pods: %w", err)
 	}
-	ns, err := r.namespace(ctx, policy.Namespace)
-	if err != nil {
-		return translator.Analysis{}, err
+	var err error
+	if sc.ns, err = r.namespace(ctx, policy.Namespace); err != nil {
+		return sc, err
 	}
 	sel, ok := r.cache.selector(policy)
 	if !ok {
-		return translator.Analyze(policy, ns, nil, nil), nil
+		return sc, nil
 	}
-	pods := selectedPods(sel, list.Items, ns)
-	var others []v1alpha1.ContainerNetworkPolicy
-	if len(pods) > 0 && hasL7(policy) {
-		var all v1alpha1.ContainerNetworkPolicyList
-		if err := r.Client.List(ctx, &all, client.InNamespace(policy.Namespace)); err != nil {
-			return translator.Analysis{}, fmt.Errorf("list policies: %w", err)
+	sc.selector = true
+	sc.pods = selectedPods(sel, list.Items, sc.ns)
+	if len(sc.pods) == 0 || !hasL7(policy) {
+		return sc, nil
+	}
+	var all v1alpha1.ContainerNetworkPolicyList
+	if err := r.Client.List(ctx, &all, client.InNamespace(policy.Namespace)); err != nil {
+		return sc, fmt.Errorf("list policies: %w", err)
+	}
+	sort.Slice(all.Items, func(i, j int) bool { return all.Items[i].Name < all.Items[j].Name })
+	for i := range all.Items {
+		o := &all.Items[i]
+		if o.UID == policy.UID {
+			continue
 		}
-		for i := range all.Items {
-			o := &all.Items[i]
-			if o.UID == policy.UID {
-				continue
-			}
-			if osel, ok := r.cache.selector(o); ok && len(selectedPods(osel, pods, ns)) > 0 {
-				others = append(others, *o)
-			}
+		if osel, ok := r.cache.selector(o); ok && len(selectedPods(osel, sc.pods, sc.ns)) > 0 {
+			sc.others = append(sc.others, *o)
 		}
 	}
-	key := analysisKey(policy, ns, pods, others)
+	return sc, nil
+}
+
+// analyze runs translator.Analyze on the policy's scope. The result is
+// kept until the policy, those pods or those policies change, so the
+// re-queues that follow every write cost no analysis.
+func (r *PolicyReconciler) analyze(policy *v1alpha1.ContainerNetworkPolicy, sc scope) translator.Analysis {
+	if !sc.selector {
+		return translator.Analyze(policy, sc.ns, nil, nil)
+	}
+	key := analysisKey(policy, sc.ns, sc.pods, sc.others)
 	if a, ok := r.cache.analysis(policy, key); ok {
-		return a, nil
+		return a
 	}
-	a := translator.Analyze(policy, ns, pods, others)
+	a := translator.Analyze(policy, sc.ns, sc.pods, sc.others)
 	r.cache.storeAnalysis(policy, key, a)
-	return a, nil
+	return a
 }
 
 // ensureCNP makes the live CNP equal to desired: server-side apply with

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -145,12 +144,7 @@ func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, err
 	if n.cilium == nil {
 		return 0, errors.New("the node runs no Cilium")
 	}
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", n.cilium.socket())
-		},
-	}}
+	hc := n.cilium.client()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://cilium/v1/policy", nil)
 	if err != nil {
 		return 0, err
