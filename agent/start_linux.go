@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	"github.com/cilium/cilium/pkg/policy/api"
+	"github.com/cilium/ebpf"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -66,6 +67,15 @@ type Options struct {
 	// IdentitySource is IdentitiesAuto (the default), IdentitiesCilium or
 	// IdentitiesLocal.
 	IdentitySource string
+	// CiliumIPCache is the path of Cilium's pinned ipcache map, which the
+	// verdict then reads peer identities from (OpenCiliumIPCache). Empty
+	// uses CiliumIPCachePath(CiliumBPFRoot) when it is pinned and
+	// the identities are Cilium's; Disabled resolves peers from
+	// CiliumEndpoints only. A path given here must hold a usable map.
+	CiliumIPCache string
+	// CiliumBPFRoot is Cilium's --bpf-root as mounted for this agent, where
+	// an empty CiliumIPCache looks (DefaultCiliumBPFRoot when empty).
+	CiliumBPFRoot string
 	// ClusterName names Cilium's cluster entity and local identities
 	// (identity.DefaultClusterName when empty).
 	ClusterName string
@@ -134,7 +144,14 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := bpfext.CheckAttachable(resolver.Mount(), resolver.Layout().Kubepods); err != nil {
 		return nil, fmt.Errorf("refusing to start: %w", err)
 	}
-	dp, err := bpfext.Load(bpfext.Options{PinDir: o.PinDir, BPFFSRoot: o.BPFFSRoot, MaxEntries: o.MaxEntries})
+	ipc, err := o.ciliumIPCache(src)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := bpfext.Load(bpfext.Options{PinDir: o.PinDir, BPFFSRoot: o.BPFFSRoot, MaxEntries: o.MaxEntries, CiliumIPCache: ipc})
+	if ipc != nil {
+		ipc.Close() // the datapath holds its own reference
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
@@ -299,6 +316,40 @@ func (o *Options) defaults() error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
+}
+
+// ciliumIPCache opens Cilium's ipcache for the verdict, or returns nil
+// when peers are to be resolved from sidewall's own maps alone.
+func (o *Options) ciliumIPCache(src identity.Source) (*ebpf.Map, error) {
+	if o.CiliumIPCache == Disabled {
+		o.Logger.Info("peer identities: from CiliumEndpoints (Cilium's ipcache disabled)")
+		return nil, nil
+	}
+	explicit := o.CiliumIPCache != ""
+	if _, cilium := src.(*identity.CiliumSource); !cilium {
+		if explicit {
+			return nil, fmt.Errorf("agent options: Cilium ipcache %s: needs Cilium's identities (identity source %s)", o.CiliumIPCache, o.IdentitySource)
+		}
+		return nil, nil
+	}
+	path := o.CiliumIPCache
+	if !explicit {
+		path = CiliumIPCachePath(o.CiliumBPFRoot)
+	}
+	m, err := OpenCiliumIPCache(path)
+	switch {
+	case err == nil:
+		o.Logger.Info("peer identities: from Cilium's ipcache, CiliumEndpoints for what it does not hold", "path", path, "maxEntries", m.MaxEntries())
+		return m, nil
+	case explicit:
+		return nil, fmt.Errorf("refusing to start: %w", err)
+	case errors.Is(err, ErrNoCiliumIPCache):
+		o.Logger.Info("peer identities: from CiliumEndpoints (no Cilium ipcache pinned)", "path", path)
+		return nil, nil
+	default:
+		o.Logger.Warn("peer identities: from CiliumEndpoints, not Cilium's ipcache", "path", path, "err", err)
+		return nil, nil
+	}
 }
 
 func (o *Options) identitySource(client kubernetes.Interface) (identity.Source, error) {

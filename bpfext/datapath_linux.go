@@ -53,6 +53,12 @@ type Options struct {
 	// MaxEntries overrides map sizes by map name (e.g. "sw_rules"). Only
 	// effective when the map is created; adopting a pin of another size fails.
 	MaxEntries map[string]uint32
+	// CiliumIPCache is Cilium's pinned ipcache map (see OpenCiliumIPCache).
+	// When set, the verdict resolves a peer's identity from it first, so
+	// sidewall sees exactly the IP -> identity mapping Cilium enforces with;
+	// sidewall's own peer maps decide what it does not hold. The datapath
+	// holds its own reference: the caller may close the map after Load.
+	CiliumIPCache *ebpf.Map
 	// KeepVerdicts leaves the verdict slots as pinned (an agent restart that
 	// must not change the verdict). By default Load installs its own verdict
 	// programs, which is how a new agent version upgrades the verdict.
@@ -64,8 +70,10 @@ type Options struct {
 type Datapath struct {
 	mu     sync.Mutex // serialises epoch and config updates
 	pinDir string
-	skb    objs.SkbObjects
-	sock   objs.SockObjects
+	// ciliumIPCache: the verdict reads Cilium's ipcache, not the stand-in.
+	ciliumIPCache bool
+	skb           objs.SkbObjects
+	sock          objs.SockObjects
 }
 
 // ErrNotAttached is returned by Detach for a cgroup without sidewall links.
@@ -119,11 +127,21 @@ func load(opts Options) (*Datapath, error) {
 		}
 	}
 
-	d := &Datapath{pinDir: opts.PinDir}
-	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
+	d := &Datapath{pinDir: opts.PinDir, ciliumIPCache: opts.CiliumIPCache != nil}
+	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}, MapReplacements: map[string]*ebpf.Map{}}
+	if m := opts.CiliumIPCache; m != nil {
+		for _, spec := range []*ebpf.CollectionSpec{skbSpec, sockSpec} {
+			if ms, ok := spec.Maps[objs.SkbMapSwCiliumIpcache]; ok {
+				ms.MaxEntries = m.MaxEntries()
+			}
+		}
+		copts.MapReplacements[objs.SkbMapSwCiliumIpcache] = m
+	}
 	if err := skbSpec.LoadAndAssign(&d.skb, copts); err != nil {
 		return nil, fmt.Errorf("load cgroup_skb objects: %w", verifierError(err))
 	}
+	// Both objects read the same ipcache, Cilium's or the empty stand-in.
+	copts.MapReplacements[objs.SkbMapSwCiliumIpcache] = d.skb.SwCiliumIpcache
 	// Maps pinned by name: the sock_addr object adopts the ones just pinned.
 	if err := sockSpec.LoadAndAssign(&d.sock, copts); err != nil {
 		d.skb.Close()
@@ -182,6 +200,10 @@ func ensureBPFFS(root, pinDir string) error {
 	}
 	return nil
 }
+
+// ReadsCiliumIPCache says whether the verdict resolves peers from Cilium's
+// ipcache (Options.CiliumIPCache) before sidewall's own peer maps.
+func (d *Datapath) ReadsCiliumIPCache() bool { return d.ciliumIPCache }
 
 // PinDir returns the bpffs directory of this datapath.
 func (d *Datapath) PinDir() string { return d.pinDir }
@@ -286,6 +308,7 @@ func (d *Datapath) MapsByName() map[string]*ebpf.Map {
 		objs.SkbMapSwLocalPorts: m.SwLocalPorts, objs.SkbMapSwPods: m.SwPods,
 		objs.SkbMapSwPolicies: m.SwPolicies, objs.SkbMapSwRules: m.SwRules,
 		objs.SkbMapSwConfig: m.SwConfig, objs.SkbMapSwSockCache: m.SwSockCache,
+		objs.SkbMapSwCiliumIpcache:  m.SwCiliumIpcache,
 		objs.SockMapSwCallsConnect4: s.SwCallsConnect4, objs.SockMapSwCallsConnect6: s.SwCallsConnect6,
 		objs.SockMapSwCallsSendmsg4: s.SwCallsSendmsg4, objs.SockMapSwCallsSendmsg6: s.SwCallsSendmsg6,
 	}

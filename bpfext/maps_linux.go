@@ -33,6 +33,9 @@ const (
 func (d *Datapath) MapEntries() (map[string]int, error) {
 	out := map[string]int{}
 	for name, m := range d.MapsByName() {
+		if name == objs.SkbMapSwCiliumIpcache {
+			continue // Cilium's map, or an empty stand-in: not sidewall's state
+		}
 		switch m.Type() {
 		case ebpf.Hash, ebpf.LRUHash, ebpf.LPMTrie:
 		default:

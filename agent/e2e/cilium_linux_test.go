@@ -14,14 +14,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/cilium/pkg/identity"
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
+	"github.com/cilium/cilium/pkg/maps/ipcache"
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sidewall/sidewall/agent"
 	"github.com/sidewall/sidewall/hack/harness"
 	"github.com/sidewall/sidewall/hack/harness/agentnode"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
@@ -109,6 +112,84 @@ func TestCiliumNode(t *testing.T) {
 		n.Expect(web, "log-shipper", payments, "8080", false)
 		n.Expect(web, "app", logging, "8080", false) // the sidecar's grant is exclusive
 		n.Expect(web, "app", payments, "8080", true)
+	})
+
+	t.Run("the verdict reads Cilium's ipcache", func(t *testing.T) {
+		if !n.Agent.Datapath.ReadsCiliumIPCache() {
+			t.Fatal("the agent does not read the Cilium node's ipcache")
+		}
+		// The pinned map a real cilium-agent wrote passes sidewall's layout
+		// check and holds what Cilium's endpoints say.
+		m, err := agent.OpenCiliumIPCache(agent.CiliumIPCachePath(n.Local.CiliumBPFRoot()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		lookup := func(a netip.Addr) (uint32, error) {
+			k := ipcache.NewKey(netip.PrefixFrom(a, a.BitLen()), 0)
+			var v ipcache.RemoteEndpointInfo
+			if err := m.Lookup(&k, &v); err != nil {
+				return 0, err
+			}
+			return v.SecurityIdentity, nil
+		}
+		for _, p := range pods {
+			want := uint32(waitEndpoint(t, cc, p).Status.Identity.ID)
+			if got, err := lookup(p.IP); err != nil || got != want {
+				t.Errorf("Cilium's ipcache: %s (%s) -> %d (%v), want its CiliumEndpoint's %d", p.Name, p.IP, got, err, want)
+			}
+		}
+		if got, err := lookup(n.Local.HostIP()); err != nil || got != uint32(identity.ReservedIdentityHost) {
+			t.Errorf("Cilium's ipcache: node %s -> %d (%v), want host (1)", n.Local.HostIP(), got, err)
+		}
+	})
+
+	t.Run("a new peer's time to a correct verdict", func(t *testing.T) {
+		// From the new pod's CNI ADD to the sidecar's first allowed
+		// connection, with the verdict reading Cilium's ipcache and with
+		// peers from CiliumEndpoints only (the agent restarted without the
+		// map). Both include Cilium's own policy update for the new
+		// identity; the second adds the CiliumEndpoint's trip through the
+		// API server and sidewall's reconcile.
+		measure := func(mode string, rounds int) []time.Duration {
+			var out []time.Duration
+			for i := range rounds {
+				p := n.RunPod(fmt.Sprintf("late-%s-%d", mode, i), map[string]string{"app": "logging"}, false)
+				start := time.Now()
+				n.Listen(p, "app", "tcp", 8080)
+				addr := net.JoinHostPort(p.IP.String(), "8080")
+				for {
+					_, err := n.Local.Dial(context.Background(), web, "log-shipper", "tcp", addr, 200*time.Millisecond)
+					if err == nil {
+						break
+					}
+					if time.Since(start) > 60*time.Second {
+						t.Fatalf("%s: new peer %s still refused after 60s: %v", mode, p.Name, err)
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				out = append(out, time.Since(start))
+				if err := n.Local.DeletePod(context.Background(), p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		fromMap := measure("ipcache", 5)
+		n.StopAgent()
+		n.SetCiliumIPCache(false)
+		n.StartAgent()
+		fromCEP := measure("cep", 5)
+		n.StopAgent()
+		n.SetCiliumIPCache(true)
+		n.StartAgent()
+		if !n.Agent.Datapath.ReadsCiliumIPCache() {
+			t.Error("the restarted agent does not read Cilium's ipcache again")
+		}
+		t.Logf("new peer -> first allowed connection: Cilium's ipcache median %s max %s; CiliumEndpoints median %s max %s",
+			fromMap[len(fromMap)/2].Round(time.Millisecond), fromMap[len(fromMap)-1].Round(time.Millisecond),
+			fromCEP[len(fromCEP)/2].Round(time.Millisecond), fromCEP[len(fromCEP)-1].Round(time.Millisecond))
 	})
 
 	t.Run("a CNP Cilium refuses fails with Cilium's message", func(t *testing.T) {

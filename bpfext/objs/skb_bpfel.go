@@ -13,6 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SkbCiliumIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	ClusterId uint16
+	Pad1      uint8
+	Family    uint8
+	Addr      [16]uint8
+}
+
+type SkbCiliumRemoteEndpointInfo struct {
+	_              structs.HostLayout
+	SecIdentity    uint32
+	TunnelEndpoint [16]uint8
+	Pad            uint16
+	Key            uint8
+	Flags          uint8
+}
+
 type SkbConfig struct {
 	_     structs.HostLayout
 	Epoch uint64
@@ -238,6 +256,7 @@ const (
 	SkbMapSwCallsIngress        = "sw_calls_ingress"
 	SkbMapSwCidr4               = "sw_cidr4"
 	SkbMapSwCidr6               = "sw_cidr6"
+	SkbMapSwCiliumIpcache       = "sw_cilium_ipcache"
 	SkbMapSwConfig              = "sw_config"
 	SkbMapSwContainers          = "sw_containers"
 	SkbMapSwCounters            = "sw_counters"
@@ -319,22 +338,23 @@ type SkbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkbMapSpecs struct {
-	SwCallsEgress  *ebpf.MapSpec `ebpf:"sw_calls_egress"`
-	SwCallsIngress *ebpf.MapSpec `ebpf:"sw_calls_ingress"`
-	SwCidr4        *ebpf.MapSpec `ebpf:"sw_cidr4"`
-	SwCidr6        *ebpf.MapSpec `ebpf:"sw_cidr6"`
-	SwConfig       *ebpf.MapSpec `ebpf:"sw_config"`
-	SwContainers   *ebpf.MapSpec `ebpf:"sw_containers"`
-	SwCounters     *ebpf.MapSpec `ebpf:"sw_counters"`
-	SwEvents       *ebpf.MapSpec `ebpf:"sw_events"`
-	SwFlows        *ebpf.MapSpec `ebpf:"sw_flows"`
-	SwIdent4       *ebpf.MapSpec `ebpf:"sw_ident4"`
-	SwIdent6       *ebpf.MapSpec `ebpf:"sw_ident6"`
-	SwLocalPorts   *ebpf.MapSpec `ebpf:"sw_local_ports"`
-	SwPods         *ebpf.MapSpec `ebpf:"sw_pods"`
-	SwPolicies     *ebpf.MapSpec `ebpf:"sw_policies"`
-	SwRules        *ebpf.MapSpec `ebpf:"sw_rules"`
-	SwSockCache    *ebpf.MapSpec `ebpf:"sw_sock_cache"`
+	SwCallsEgress   *ebpf.MapSpec `ebpf:"sw_calls_egress"`
+	SwCallsIngress  *ebpf.MapSpec `ebpf:"sw_calls_ingress"`
+	SwCidr4         *ebpf.MapSpec `ebpf:"sw_cidr4"`
+	SwCidr6         *ebpf.MapSpec `ebpf:"sw_cidr6"`
+	SwCiliumIpcache *ebpf.MapSpec `ebpf:"sw_cilium_ipcache"`
+	SwConfig        *ebpf.MapSpec `ebpf:"sw_config"`
+	SwContainers    *ebpf.MapSpec `ebpf:"sw_containers"`
+	SwCounters      *ebpf.MapSpec `ebpf:"sw_counters"`
+	SwEvents        *ebpf.MapSpec `ebpf:"sw_events"`
+	SwFlows         *ebpf.MapSpec `ebpf:"sw_flows"`
+	SwIdent4        *ebpf.MapSpec `ebpf:"sw_ident4"`
+	SwIdent6        *ebpf.MapSpec `ebpf:"sw_ident6"`
+	SwLocalPorts    *ebpf.MapSpec `ebpf:"sw_local_ports"`
+	SwPods          *ebpf.MapSpec `ebpf:"sw_pods"`
+	SwPolicies      *ebpf.MapSpec `ebpf:"sw_policies"`
+	SwRules         *ebpf.MapSpec `ebpf:"sw_rules"`
+	SwSockCache     *ebpf.MapSpec `ebpf:"sw_sock_cache"`
 }
 
 // SkbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -374,22 +394,23 @@ func (o *SkbObjects) Close() error {
 //
 // It can be passed to LoadSkbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkbMaps struct {
-	SwCallsEgress  *ebpf.Map `ebpf:"sw_calls_egress"`
-	SwCallsIngress *ebpf.Map `ebpf:"sw_calls_ingress"`
-	SwCidr4        *ebpf.Map `ebpf:"sw_cidr4"`
-	SwCidr6        *ebpf.Map `ebpf:"sw_cidr6"`
-	SwConfig       *ebpf.Map `ebpf:"sw_config"`
-	SwContainers   *ebpf.Map `ebpf:"sw_containers"`
-	SwCounters     *ebpf.Map `ebpf:"sw_counters"`
-	SwEvents       *ebpf.Map `ebpf:"sw_events"`
-	SwFlows        *ebpf.Map `ebpf:"sw_flows"`
-	SwIdent4       *ebpf.Map `ebpf:"sw_ident4"`
-	SwIdent6       *ebpf.Map `ebpf:"sw_ident6"`
-	SwLocalPorts   *ebpf.Map `ebpf:"sw_local_ports"`
-	SwPods         *ebpf.Map `ebpf:"sw_pods"`
-	SwPolicies     *ebpf.Map `ebpf:"sw_policies"`
-	SwRules        *ebpf.Map `ebpf:"sw_rules"`
-	SwSockCache    *ebpf.Map `ebpf:"sw_sock_cache"`
+	SwCallsEgress   *ebpf.Map `ebpf:"sw_calls_egress"`
+	SwCallsIngress  *ebpf.Map `ebpf:"sw_calls_ingress"`
+	SwCidr4         *ebpf.Map `ebpf:"sw_cidr4"`
+	SwCidr6         *ebpf.Map `ebpf:"sw_cidr6"`
+	SwCiliumIpcache *ebpf.Map `ebpf:"sw_cilium_ipcache"`
+	SwConfig        *ebpf.Map `ebpf:"sw_config"`
+	SwContainers    *ebpf.Map `ebpf:"sw_containers"`
+	SwCounters      *ebpf.Map `ebpf:"sw_counters"`
+	SwEvents        *ebpf.Map `ebpf:"sw_events"`
+	SwFlows         *ebpf.Map `ebpf:"sw_flows"`
+	SwIdent4        *ebpf.Map `ebpf:"sw_ident4"`
+	SwIdent6        *ebpf.Map `ebpf:"sw_ident6"`
+	SwLocalPorts    *ebpf.Map `ebpf:"sw_local_ports"`
+	SwPods          *ebpf.Map `ebpf:"sw_pods"`
+	SwPolicies      *ebpf.Map `ebpf:"sw_policies"`
+	SwRules         *ebpf.Map `ebpf:"sw_rules"`
+	SwSockCache     *ebpf.Map `ebpf:"sw_sock_cache"`
 }
 
 func (m *SkbMaps) Close() error {
@@ -398,6 +419,7 @@ func (m *SkbMaps) Close() error {
 		m.SwCallsIngress,
 		m.SwCidr4,
 		m.SwCidr6,
+		m.SwCiliumIpcache,
 		m.SwConfig,
 		m.SwContainers,
 		m.SwCounters,

@@ -13,6 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SockCiliumIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	ClusterId uint16
+	Pad1      uint8
+	Family    uint8
+	Addr      [16]uint8
+}
+
+type SockCiliumRemoteEndpointInfo struct {
+	_              structs.HostLayout
+	SecIdentity    uint32
+	TunnelEndpoint [16]uint8
+	Pad            uint16
+	Key            uint8
+	Flags          uint8
+}
+
 type SockConfig struct {
 	_     structs.HostLayout
 	Epoch uint64
@@ -126,6 +144,7 @@ const (
 	SockMapSwCallsSendmsg6    = "sw_calls_sendmsg6"
 	SockMapSwCidr4            = "sw_cidr4"
 	SockMapSwCidr6            = "sw_cidr6"
+	SockMapSwCiliumIpcache    = "sw_cilium_ipcache"
 	SockMapSwConfig           = "sw_config"
 	SockMapSwContainers       = "sw_containers"
 	SockMapSwCounters         = "sw_counters"
@@ -214,6 +233,7 @@ type SockMapSpecs struct {
 	SwCallsSendmsg6 *ebpf.MapSpec `ebpf:"sw_calls_sendmsg6"`
 	SwCidr4         *ebpf.MapSpec `ebpf:"sw_cidr4"`
 	SwCidr6         *ebpf.MapSpec `ebpf:"sw_cidr6"`
+	SwCiliumIpcache *ebpf.MapSpec `ebpf:"sw_cilium_ipcache"`
 	SwConfig        *ebpf.MapSpec `ebpf:"sw_config"`
 	SwContainers    *ebpf.MapSpec `ebpf:"sw_containers"`
 	SwCounters      *ebpf.MapSpec `ebpf:"sw_counters"`
@@ -260,6 +280,7 @@ type SockMaps struct {
 	SwCallsSendmsg6 *ebpf.Map `ebpf:"sw_calls_sendmsg6"`
 	SwCidr4         *ebpf.Map `ebpf:"sw_cidr4"`
 	SwCidr6         *ebpf.Map `ebpf:"sw_cidr6"`
+	SwCiliumIpcache *ebpf.Map `ebpf:"sw_cilium_ipcache"`
 	SwConfig        *ebpf.Map `ebpf:"sw_config"`
 	SwContainers    *ebpf.Map `ebpf:"sw_containers"`
 	SwCounters      *ebpf.Map `ebpf:"sw_counters"`
@@ -282,6 +303,7 @@ func (m *SockMaps) Close() error {
 		m.SwCallsSendmsg6,
 		m.SwCidr4,
 		m.SwCidr6,
+		m.SwCiliumIpcache,
 		m.SwConfig,
 		m.SwContainers,
 		m.SwCounters,

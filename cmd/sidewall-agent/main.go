@@ -59,6 +59,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		hubbleAddr   = flag.String("hubble-listen-address", hubble.DefaultTCPAddress, `TCP address of the Hubble observer API ("-" disables it)`)
 		httpAddr     = flag.String("metrics-bind-address", "127.0.0.1:9963", `address of /metrics, /healthz and /readyz ("0" disables it)`)
 		idSource     = flag.String("identity-source", "auto", "peer identities: cilium (CiliumEndpoints), local (allocated from pod labels) or auto (cilium when its CRDs are served)")
+		ipcache      = flag.String("cilium-ipcache", "", `path of Cilium's pinned ipcache map, read-only, for peer identities (default: tc/globals/cilium_ipcache_v2 under --cilium-bpf-root when it is pinned and the identities are Cilium's; "-" resolves peers from CiliumEndpoints only)`)
+		ciliumRoot   = flag.String("cilium-bpf-root", agent.DefaultCiliumBPFRoot, "Cilium's --bpf-root as mounted for this agent (where its ipcache is found)")
 		clusterName  = flag.String("cluster-name", identity.DefaultClusterName, "Cilium cluster name (for the cluster entity and local identities)")
 		resync       = flag.Duration("resync", agent.DefaultResync, "period of full reconciles")
 		allowLocal   = flag.String("allow-localhost", option.AllowLocalhostAuto, "as Cilium's: when the local host may reach a container restricted on ingress (kubelet probes): auto (always in Kubernetes), always, or policy (only by a rule)")
@@ -109,7 +111,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Cgroups:      cgroups.Config{Mount: *cgroupMount, Parent: *cgroupParent, Root: *kubepods, Driver: cgroups.Driver(*driver)},
 		HubbleSocket: *hubbleSock, HubbleAddress: *hubbleAddr, MetricsAddress: metricsAddr,
 		IdentitySource: *idSource, ClusterName: *clusterName, Resync: *resync, Version: version, Logger: log,
-		AllowLocalhost: *allowLocal,
+		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot,
 	})
 	if err == nil {
 		err = n.Wait()

@@ -120,6 +120,36 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sw_sock_cache SEC(".maps");
 
+/* Cilium's ipcache (cilium_ipcache_v2), read-only. Layout of Cilium
+ * v1.20.2's struct ipcache_key and struct remote_endpoint_info
+ * (pkg/maps/ipcache, bpf/lib/eps.h); the Go loader checks it against the
+ * cilium module before it passes the pinned map in with MapReplacements.
+ * Without a Cilium map this stays a one-entry empty trie, never pinned, so
+ * every lookup misses and sidewall's own peer maps decide. */
+struct cilium_ipcache_key {
+	__u32 prefixlen; /* 32 (cluster_id, pad1, family) + address bits */
+	__u16 cluster_id;
+	__u8 pad1;
+	__u8 family; /* 1 = IPv4, 2 = IPv6 (Cilium's ENDPOINT_KEY_*) */
+	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+struct cilium_remote_endpoint_info {
+	__u32 sec_identity;
+	__u8 tunnel_endpoint[16];
+	__u16 pad;
+	__u8 key;
+	__u8 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct cilium_ipcache_key);
+	__type(value, struct cilium_remote_endpoint_info);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_RDONLY_PROG);
+} sw_cilium_ipcache SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&sw_counters, &idx);

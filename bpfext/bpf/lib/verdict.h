@@ -33,9 +33,30 @@ static __always_inline int is_restricted(const struct container_info *ci, __u8 d
 	return ci->flags & (dir == DIR_EGRESS ? CF_EGRESS_RESTRICTED : CF_INGRESS_RESTRICTED);
 }
 
+/* Identities sidewall's own maps decide even when Cilium's ipcache holds
+ * the address: world (2, and world-ipv4/-ipv6 9 and 10 in dual stack) and
+ * Cilium's node-local CIDR/FQDN identities (scope 1 << 24), whose numbers
+ * sidewall's rules do not use. */
+static __always_inline int cilium_identity_decides(__u32 id)
+{
+	return id != 0 && id != IDENTITY_WORLD && id != 9 && id != 10 && (id >> 24) == 0;
+}
+
 static __always_inline __u32 resolve_identity(__u8 family, const __u8 *addr)
 {
+	struct cilium_remote_endpoint_info *ep;
+	struct cilium_ipcache_key ck = {};
 	__u32 *id;
+
+	ck.family = family == 4 ? 1 : 2;
+	ck.prefixlen = 32 + (family == 4 ? 32 : 128);
+	if (family == 4)
+		__builtin_memcpy(ck.addr, addr, 4);
+	else
+		__builtin_memcpy(ck.addr, addr, 16);
+	ep = bpf_map_lookup_elem(&sw_cilium_ipcache, &ck);
+	if (ep && cilium_identity_decides(ep->sec_identity))
+		return ep->sec_identity;
 
 	if (family == 4) {
 		__u32 a = *(const __u32 *)addr;

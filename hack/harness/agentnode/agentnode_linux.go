@@ -75,6 +75,9 @@ type Node struct {
 	// Agent is the running agent (after StartAgent).
 	Agent *agent.Node
 	stop  func()
+	// noIPCache makes StartAgent resolve peers from CiliumEndpoints only,
+	// not from the Cilium node's ipcache (SetCiliumIPCache).
+	noIPCache bool
 	// controller is set once StartController ran.
 	controller bool
 }
@@ -156,10 +159,16 @@ func (n *Node) StartAgent() {
 		ids = agent.IdentitiesCilium
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: n.opts.LogLevel}))
+	// On a Cilium node the agent finds Cilium's ipcache as on a real node,
+	// under Cilium's bpf root; elsewhere there is none to find.
+	ipcache := agent.Disabled
+	if n.opts.CiliumNode && !n.noIPCache {
+		ipcache = agent.CiliumIPCachePath(n.Local.CiliumBPFRoot())
+	}
 	a, err := agent.Start(context.Background(), agent.Options{
 		NodeName: n.Local.Name(), Config: n.Env.Config, PinDir: n.PinDir, MaxEntries: n.opts.MaxEntries,
 		Cgroups: n.Local.CgroupConfig(), HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0",
-		IdentitySource: ids, Logger: log,
+		IdentitySource: ids, Logger: log, CiliumIPCache: ipcache,
 	})
 	if err != nil {
 		t.Fatalf("start agent: %v", err)
@@ -190,6 +199,11 @@ func (n *Node) StartController() {
 	}, testenv.ManagerOptions{Namespaces: []string{n.Namespace}, Configure: controller.ConfigureManager})
 	n.controller = true
 }
+
+// SetCiliumIPCache says whether the next StartAgent on a Cilium node reads
+// Cilium's ipcache (the default) or resolves peers from CiliumEndpoints
+// only.
+func (n *Node) SetCiliumIPCache(on bool) { n.noIPCache = !on }
 
 // StopAgent stops the agent; its pins stay, as when a node agent restarts.
 func (n *Node) StopAgent() { n.stop() }

@@ -121,6 +121,15 @@ func (n *Node) CiliumCgroupRoot() string {
 	return n.cilium.cgroupDir()
 }
 
+// CiliumBPFRoot is the Cilium agent's --bpf-root, where it pins its maps
+// (empty without Cilium).
+func (n *Node) CiliumBPFRoot() string {
+	if n.cilium == nil {
+		return ""
+	}
+	return n.cilium.bpffs()
+}
+
 // NetnsName is the node network namespace the Cilium agent runs in
 // (empty without Cilium), as `ip netns exec` takes it.
 func (n *Node) NetnsName() string {
