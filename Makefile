@@ -111,10 +111,12 @@ clang: ## Install the pinned clang/llvm/bpftool from Debian if missing (needed o
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-$(CLANG_VERSION) llvm-$(CLANG_VERSION) libbpf-dev >/dev/null; }
 
 .PHONY: test-deps
-test-deps: ## Install the Debian packages the kernel tests use (iproute2, iptables, iperf3, jq).
-	@command -v ip >/dev/null && command -v iptables >/dev/null && command -v iperf3 >/dev/null && command -v jq >/dev/null || { \
-	  echo ">> installing iproute2 iptables iperf3 from Debian"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables iperf3 jq util-linux >/dev/null; }
+test-deps: ## Install the Debian packages the kernel tests use (iproute2, iptables, iperf3, jq, containerd, runc, CNI plugins).
+	@command -v ip >/dev/null && command -v iptables >/dev/null && command -v iperf3 >/dev/null && command -v jq >/dev/null \
+	  && command -v containerd >/dev/null && command -v runc >/dev/null && test -x /usr/lib/cni/bridge || { \
+	  echo ">> installing iproute2 iptables iperf3 jq containerd runc containernetworking-plugins from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables iperf3 jq util-linux \
+	    containerd runc containernetworking-plugins >/dev/null; }
 
 ##@ Development
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/cilium/cilium/pkg/option"
 
 	"github.com/sidewall/sidewall/agent/cgroups"
+	"github.com/sidewall/sidewall/agent/cri"
 	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/bpfext"
@@ -62,6 +64,23 @@ type Config struct {
 	// default, always in Kubernetes, as Cilium), always, or policy (the
 	// host needs a rule to reach a container restricted on ingress).
 	AllowLocalhost string
+	// Runtime, if set, is asked for a new container's pod and name when
+	// its cgroup appears, so the container is classified without waiting
+	// for kubelet to write its id into the pod status (cri.Client).
+	Runtime ContainerRuntime
+}
+
+// ContainerRuntime tells which pod and container a container id is: the
+// CRI (cri.Client).
+type ContainerRuntime interface {
+	Container(ctx context.Context, id string) (cri.Container, error)
+}
+
+// runtimeHint is a container the runtime named before the pod status did.
+type runtimeHint struct {
+	pod  types.UID
+	name string
+	path string
 }
 
 // Agent is the node agent loop.
@@ -98,6 +117,12 @@ type Agent struct {
 	// measured, with their pod: a container declassified and classified
 	// again (a policy deleted and created) is not measured twice.
 	classified map[uint64]types.UID
+	// hints holds, by container cgroup id, the containers the runtime
+	// named from a cgroup event (Config.Runtime).
+	hints map[uint64]runtimeHint
+	// classifyTimes keeps the last unclassified times measured, for the
+	// benchmarks (ClassifyTimes).
+	classifyTimes []time.Duration
 }
 
 // GVR of ContainerNetworkPolicies.
@@ -150,6 +175,7 @@ func New(cfg Config) (*Agent, error) {
 		watched:        map[types.UID]bool{},
 		firstSeen:      map[uint64]time.Time{},
 		classified:     map[uint64]types.UID{},
+		hints:          map[uint64]runtimeHint{},
 		attachFailed:   map[uint64]error{},
 		attachReported: map[uint64]bool{},
 	}
@@ -298,6 +324,12 @@ func (a *Agent) watchSignals(ctx context.Context) {
 				a.mu.Lock()
 				a.firstSeen[ev.CgroupID] = time.Now()
 				a.mu.Unlock()
+				a.askRuntime(ctx, ev)
+			}
+			if ev.Op == cgroups.Removed {
+				a.mu.Lock()
+				delete(a.hints, ev.CgroupID)
+				a.mu.Unlock()
 			}
 			a.log.Debug("container cgroup event", "op", ev.Op, "pod", ev.PodUID, "path", ev.Path)
 			a.Trigger()
@@ -309,6 +341,66 @@ func (a *Agent) watchSignals(ctx context.Context) {
 			a.Trigger()
 		}
 	}
+}
+
+// askRuntime names the container of a new cgroup through the runtime,
+// for the reconcile this event triggers. A container the runtime does not
+// know (a sandbox's cgroup) or names for another pod is left to the pod
+// status, as without a runtime.
+func (a *Agent) askRuntime(ctx context.Context, ev cgroups.Event) {
+	if a.cfg.Runtime == nil || ev.Container.ID == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := a.cfg.Runtime.Container(ctx, ev.Container.ID)
+	switch {
+	case errors.Is(err, cri.ErrNotFound):
+		a.log.Debug("runtime does not know the container (a sandbox?)", "pod", ev.PodUID, "container", ev.Container.ID)
+		return
+	case err != nil:
+		a.cfg.Metrics.runtimeErrors.Inc()
+		a.log.Warn("ask the runtime for a new container; it waits for the pod status", "pod", ev.PodUID, "container", ev.Container.ID, "err", err)
+		return
+	case c.PodUID != ev.PodUID:
+		a.log.Warn("the runtime names a container for another pod than its cgroup's; ignored",
+			"cgroupPod", ev.PodUID, "runtimePod", c.PodUID, "container", ev.Container.ID)
+		return
+	}
+	a.mu.Lock()
+	a.hints[ev.CgroupID] = runtimeHint{pod: ev.PodUID, name: c.Name, path: ev.Path}
+	a.mu.Unlock()
+}
+
+// runtimeContainers returns the containers of pod uid that the runtime
+// named and whose cgroups still exist, name -> cgroup id.
+func (a *Agent) runtimeContainers(uid types.UID) map[string]uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out map[string]uint64
+	for cg, h := range a.hints {
+		if h.pod != uid {
+			continue
+		}
+		if id, err := cgroups.ID(h.path); err != nil || id != cg {
+			delete(a.hints, cg)
+			continue
+		}
+		if out == nil {
+			out = map[string]uint64{}
+		}
+		out[h.name] = cg
+	}
+	return out
+}
+
+// ClassifyTimes returns the unclassified times measured most recently
+// (up to 4096), oldest first: from a container's cgroup appearing to the
+// datapath holding its classification.
+func (a *Agent) ClassifyTimes() []time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.classifyTimes)
 }
 
 // Handler serves /metrics, /healthz (the process is up) and /readyz (a

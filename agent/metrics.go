@@ -23,6 +23,7 @@ type Metrics struct {
 	reconcileErrors   prometheus.Counter
 	attachErrors      prometheus.Counter
 	policyErrors      prometheus.Counter
+	runtimeErrors     prometheus.Counter
 	podsFailClosed    *prometheus.GaugeVec
 }
 
@@ -66,12 +67,16 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "sidewall_policy_errors_total",
 			Help: "ContainerNetworkPolicies skipped because they could not be translated.",
 		}),
+		runtimeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidewall_runtime_errors_total",
+			Help: "Container runtime (CRI) lookups that failed; those containers wait for the pod status to be classified.",
+		}),
 		podsFailClosed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sidewall_pods_fail_closed",
 			Help: "Selected pods whose restricted containers deny everything instead of running their policy, by reason (map_full: the datapath maps cannot hold the policy).",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.attachErrors, m.policyErrors, m.podsFailClosed)
+	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.attachErrors, m.policyErrors, m.runtimeErrors, m.podsFailClosed)
 	return m
 }
 

@@ -144,6 +144,13 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			for _, c := range rp.Containers {
 				ps.Containers[c.Name] = c.CgroupID
 			}
+			// The runtime named these from their cgroup events, before the
+			// status had their ids; a newer instance wins over the status.
+			for name, cg := range a.runtimeContainers(pod.UID) {
+				if specHas(pod, name) {
+					ps.Containers[name] = cg
+				}
+			}
 		}
 		in.Pods = append(in.Pods, ps)
 	}
@@ -275,5 +282,32 @@ func (a *Agent) observeClassify(cg uint64, info CgroupInfo, pods []PodState, now
 	}
 	d := now.Sub(seen)
 	a.cfg.Metrics.timeToClassify.Observe(d.Seconds())
+	a.mu.Lock()
+	if len(a.classifyTimes) >= 4096 {
+		a.classifyTimes = slices.Delete(a.classifyTimes, 0, 1)
+	}
+	a.classifyTimes = append(a.classifyTimes, d)
+	a.mu.Unlock()
 	a.log.Info("container classified", "pod", info.Namespace+"/"+info.Pod, "container", info.Container, "cgroup", cg, "unclassifiedFor", d)
+}
+
+// specHas says whether the pod's spec has a container (of any kind) named
+// name.
+func specHas(pod *corev1.Pod, name string) bool {
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == name {
+			return true
+		}
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/sidewall/sidewall/agent/cgroups"
+	"github.com/sidewall/sidewall/agent/cri"
 	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/bpfext"
@@ -76,6 +77,11 @@ type Options struct {
 	// CiliumBPFRoot is Cilium's --bpf-root as mounted for this agent, where
 	// an empty CiliumIPCache looks (DefaultCiliumBPFRoot when empty).
 	CiliumBPFRoot string
+	// CRISocket is the container runtime's CRI socket (containerd's is
+	// /run/containerd/containerd.sock). When set, a new container is
+	// classified from its cgroup event by asking the runtime, instead of
+	// waiting for kubelet's pod status; empty waits for the status.
+	CRISocket string
 	// ClusterName names Cilium's cluster entity and local identities
 	// (identity.DefaultClusterName when empty).
 	ClusterName string
@@ -184,11 +190,25 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	var rt *cri.Client
+	if o.CRISocket != "" {
+		rc, err := cri.Dial(ctx, o.CRISocket)
+		if err != nil {
+			return nil, fmt.Errorf("container runtime: %w", err)
+		}
+		defer func() {
+			if !ok {
+				rc.Close()
+			}
+		}()
+		log.Info("classifying new containers through the CRI", "socket", o.CRISocket, "runtime", rc.Runtime)
+		rt = rc
+	}
 	m := NewMetrics(nil)
 	a, err := New(Config{
 		NodeName: o.NodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
 		Cgroups: resolver, Observer: obs, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
-		AllowLocalhost: o.AllowLocalhost,
+		AllowLocalhost: o.AllowLocalhost, Runtime: runtimeOf(rt),
 	})
 	if err != nil {
 		return nil, err
@@ -238,6 +258,9 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 		}
 		servers.Wait()
 		dp.Close()
+		if rt != nil {
+			rt.Close()
+		}
 		if errors.Is(err, context.Canceled) {
 			err = nil
 		}
@@ -376,4 +399,12 @@ func (o *Options) identitySource(client kubernetes.Interface) (identity.Source, 
 	src := identity.NewPodSource(client, nil, o.ClusterName, log)
 	src.LocalNode = o.NodeName
 	return src, nil
+}
+
+// runtimeOf keeps a nil client a nil interface.
+func runtimeOf(c *cri.Client) ContainerRuntime {
+	if c == nil {
+		return nil
+	}
+	return c
 }

@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		idSource     = flag.String("identity-source", "auto", "peer identities: cilium (CiliumEndpoints), local (allocated from pod labels) or auto (cilium when its CRDs are served)")
 		ipcache      = flag.String("cilium-ipcache", "", `path of Cilium's pinned ipcache map, read-only, for peer identities (default: tc/globals/cilium_ipcache_v2 under --cilium-bpf-root when it is pinned and the identities are Cilium's; "-" resolves peers from CiliumEndpoints only)`)
 		ciliumRoot   = flag.String("cilium-bpf-root", agent.DefaultCiliumBPFRoot, "Cilium's --bpf-root as mounted for this agent (where its ipcache is found)")
+		criSocket    = flag.String("cri-socket", "", "the container runtime's CRI socket (containerd: /run/containerd/containerd.sock): classify a new container from its cgroup event through the runtime, not the pod status (default: wait for the status)")
 		clusterName  = flag.String("cluster-name", identity.DefaultClusterName, "Cilium cluster name (for the cluster entity and local identities)")
 		resync       = flag.Duration("resync", agent.DefaultResync, "period of full reconciles")
 		allowLocal   = flag.String("allow-localhost", option.AllowLocalhostAuto, "as Cilium's: when the local host may reach a container restricted on ingress (kubelet probes): auto (always in Kubernetes), always, or policy (only by a rule)")
@@ -111,7 +112,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Cgroups:      cgroups.Config{Mount: *cgroupMount, Parent: *cgroupParent, Root: *kubepods, Driver: cgroups.Driver(*driver)},
 		HubbleSocket: *hubbleSock, HubbleAddress: *hubbleAddr, MetricsAddress: metricsAddr,
 		IdentitySource: *idSource, ClusterName: *clusterName, Resync: *resync, Version: version, Logger: log,
-		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot,
+		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot, CRISocket: *criSocket,
 	})
 	if err == nil {
 		err = n.Wait()

@@ -78,6 +78,9 @@ type Node struct {
 	// noIPCache makes StartAgent resolve peers from CiliumEndpoints only,
 	// not from the Cilium node's ipcache (SetCiliumIPCache).
 	noIPCache bool
+	// criSocket is the CRI socket StartAgent gives the agent
+	// (SetCRISocket).
+	criSocket string
 	// controller is set once StartController ran.
 	controller bool
 }
@@ -168,7 +171,7 @@ func (n *Node) StartAgent() {
 	a, err := agent.Start(context.Background(), agent.Options{
 		NodeName: n.Local.Name(), Config: n.Env.Config, PinDir: n.PinDir, MaxEntries: n.opts.MaxEntries,
 		Cgroups: n.Local.CgroupConfig(), HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0",
-		IdentitySource: ids, Logger: log, CiliumIPCache: ipcache,
+		IdentitySource: ids, Logger: log, CiliumIPCache: ipcache, CRISocket: n.criSocket,
 	})
 	if err != nil {
 		t.Fatalf("start agent: %v", err)
@@ -204,6 +207,10 @@ func (n *Node) StartController() {
 // Cilium's ipcache (the default) or resolves peers from CiliumEndpoints
 // only.
 func (n *Node) SetCiliumIPCache(on bool) { n.noIPCache = !on }
+
+// SetCRISocket gives the next StartAgent a container runtime's CRI socket
+// (empty: none).
+func (n *Node) SetCRISocket(socket string) { n.criSocket = socket }
 
 // StopAgent stops the agent; its pins stay, as when a node agent restarts.
 func (n *Node) StopAgent() { n.stop() }
