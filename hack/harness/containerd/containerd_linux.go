@@ -439,3 +439,7 @@ func removeCgroups(parent string, skipUnified bool) error {
 // hybrid host: runc creates a container's cgroup in each v1 controller as
 // well as in cgroup2, and leaves the parents it created there.
 func RemoveV1Cgroups(parent string) error { return removeCgroups(parent, true) }
+
+// RemoveCgroups removes the cgroup tree parent in every hierarchy, cgroup2
+// included, for a test that made parent only for the runtime's pods.
+func RemoveCgroups(parent string) error { return removeCgroups(parent, false) }
