@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -68,6 +69,10 @@ type Config struct {
 	// its cgroup appears, so the container is classified without waiting
 	// for kubelet to write its id into the pod status (cri.Client).
 	Runtime ContainerRuntime
+	// CiliumIPCachePath is the pin of the Cilium ipcache the datapath was
+	// loaded with (empty: none). Cilium re-creates the map when its agent
+	// restarts; the agent then loads the verdict with the new one.
+	CiliumIPCachePath string
 }
 
 // ContainerRuntime tells which pod and container a container id is: the
@@ -123,6 +128,10 @@ type Agent struct {
 	// classifyTimes keeps the last unclassified times measured, for the
 	// benchmarks (ClassifyTimes).
 	classifyTimes []time.Duration
+	// ipcacheIno is the inode of the Cilium ipcache pin the verdict reads
+	// (reconcile only; ipcacheSeen is read by watchSignals).
+	ipcacheIno  uint64
+	ipcacheSeen atomic.Uint64
 }
 
 // GVR of ContainerNetworkPolicies.
@@ -310,10 +319,18 @@ func (a *Agent) processNext(ctx context.Context) bool {
 }
 
 func (a *Agent) watchSignals(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-tick.C:
+			if p := a.cfg.CiliumIPCachePath; p != "" {
+				if ino := pinInode(p); ino != 0 && ino != a.ipcacheSeen.Load() {
+					a.Trigger()
+				}
+			}
 		case <-a.cfg.Identities.Changed():
 			a.Trigger()
 		case ev, ok := <-a.watcher.Events():
@@ -341,6 +358,47 @@ func (a *Agent) watchSignals(ctx context.Context) {
 			a.Trigger()
 		}
 	}
+}
+
+// followCiliumIPCache loads the verdict with Cilium's ipcache again when
+// its pin is a new map (Cilium re-creates it when its agent restarts): the
+// old map is no longer written, so new peers would not be found in it.
+func (a *Agent) followCiliumIPCache() {
+	p := a.cfg.CiliumIPCachePath
+	if p == "" {
+		return
+	}
+	ino := pinInode(p)
+	if a.ipcacheIno == 0 {
+		a.ipcacheIno = ino // the map Start loaded
+		a.ipcacheSeen.Store(ino)
+		return
+	}
+	if ino == 0 || ino == a.ipcacheIno {
+		return
+	}
+	m, err := OpenCiliumIPCache(p)
+	if err == nil {
+		err = a.cfg.Datapath.SetCiliumIPCache(m)
+		m.Close()
+	}
+	if err != nil {
+		a.log.Error("Cilium re-created its ipcache and the verdict cannot read the new one; it reads the old map, which Cilium no longer writes", "path", p, "err", err)
+		a.ipcacheSeen.Store(ino) // reported once per new map
+		return
+	}
+	a.ipcacheIno = ino
+	a.ipcacheSeen.Store(ino)
+	a.log.Info("Cilium re-created its ipcache: the verdict reads the new map", "path", p)
+}
+
+// pinInode is the inode of a bpffs pin, 0 if there is none.
+func pinInode(path string) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Ino
 }
 
 // askRuntime names the container of a new cgroup through the runtime,

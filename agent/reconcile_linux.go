@@ -93,6 +93,7 @@ func (a *Agent) ruleSet(u *unstructured.Unstructured) (*translator.RuleSet, erro
 // it.
 func (a *Agent) reconcile(ctx context.Context) error {
 	start := time.Now()
+	a.followCiliumIPCache()
 	pods, err := a.pods.List(labels.Everything())
 	if err != nil {
 		return fmt.Errorf("list pods: %w", err)

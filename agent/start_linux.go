@@ -150,7 +150,7 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := bpfext.CheckAttachable(resolver.Mount(), resolver.Layout().Kubepods); err != nil {
 		return nil, fmt.Errorf("refusing to start: %w", err)
 	}
-	ipc, err := o.ciliumIPCache(src)
+	ipc, ipcPath, err := o.ciliumIPCache(src)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +208,7 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	a, err := New(Config{
 		NodeName: o.NodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
 		Cgroups: resolver, Observer: obs, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
-		AllowLocalhost: o.AllowLocalhost, Runtime: runtimeOf(rt),
+		AllowLocalhost: o.AllowLocalhost, Runtime: runtimeOf(rt), CiliumIPCachePath: ipcPath,
 	})
 	if err != nil {
 		return nil, err
@@ -343,17 +343,17 @@ func (o *Options) defaults() error {
 
 // ciliumIPCache opens Cilium's ipcache for the verdict, or returns nil
 // when peers are to be resolved from sidewall's own maps alone.
-func (o *Options) ciliumIPCache(src identity.Source) (*ebpf.Map, error) {
+func (o *Options) ciliumIPCache(src identity.Source) (*ebpf.Map, string, error) {
 	if o.CiliumIPCache == Disabled {
 		o.Logger.Info("peer identities: from CiliumEndpoints (Cilium's ipcache disabled)")
-		return nil, nil
+		return nil, "", nil
 	}
 	explicit := o.CiliumIPCache != ""
 	if _, cilium := src.(*identity.CiliumSource); !cilium {
 		if explicit {
-			return nil, fmt.Errorf("agent options: Cilium ipcache %s: needs Cilium's identities (identity source %s)", o.CiliumIPCache, o.IdentitySource)
+			return nil, "", fmt.Errorf("agent options: Cilium ipcache %s: needs Cilium's identities (identity source %s)", o.CiliumIPCache, o.IdentitySource)
 		}
-		return nil, nil
+		return nil, "", nil
 	}
 	path := o.CiliumIPCache
 	if !explicit {
@@ -363,15 +363,15 @@ func (o *Options) ciliumIPCache(src identity.Source) (*ebpf.Map, error) {
 	switch {
 	case err == nil:
 		o.Logger.Info("peer identities: from Cilium's ipcache, CiliumEndpoints for what it does not hold", "path", path, "maxEntries", m.MaxEntries())
-		return m, nil
+		return m, path, nil
 	case explicit:
-		return nil, fmt.Errorf("refusing to start: %w", err)
+		return nil, "", fmt.Errorf("refusing to start: %w", err)
 	case errors.Is(err, ErrNoCiliumIPCache):
 		o.Logger.Info("peer identities: from CiliumEndpoints (no Cilium ipcache pinned)", "path", path)
-		return nil, nil
+		return nil, "", nil
 	default:
 		o.Logger.Warn("peer identities: from CiliumEndpoints, not Cilium's ipcache", "path", path, "err", err)
-		return nil, nil
+		return nil, "", nil
 	}
 }
 

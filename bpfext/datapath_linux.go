@@ -201,6 +201,32 @@ func ensureBPFFS(root, pinDir string) error {
 	return nil
 }
 
+// SetCiliumIPCache makes the verdict read m, Cilium's ipcache, from now
+// on: Cilium re-creates its map when its agent restarts, and the old one,
+// which the loaded programs hold, is no longer written. It loads the
+// programs again with m (the pinned maps are adopted as at Load), installs
+// the new verdicts (which bumps the epoch, so sockets are decided again)
+// and keeps the entry programs of the new load for later attachments.
+// Programs already attached keep working: they tail-call the new
+// verdicts. Not safe to call concurrently with Attach.
+func (d *Datapath) SetCiliumIPCache(m *ebpf.Map) error {
+	nd, err := load(Options{PinDir: d.pinDir, CiliumIPCache: m})
+	if err != nil {
+		return fmt.Errorf("reload the verdict with a new Cilium ipcache: %w", err)
+	}
+	d.mu.Lock()
+	oldSkb, oldSock := d.skb.SkbPrograms, d.sock.SockPrograms
+	oldMap := d.skb.SwCiliumIpcache
+	d.skb.SkbPrograms, d.sock.SockPrograms = nd.skb.SkbPrograms, nd.sock.SockPrograms
+	d.skb.SwCiliumIpcache, nd.skb.SwCiliumIpcache = nd.skb.SwCiliumIpcache, nil
+	d.ciliumIPCache = true
+	d.mu.Unlock()
+	// The new load's own handles of the shared pinned maps are not needed:
+	// this datapath keeps its own. Its programs are now this datapath's.
+	nd.skb.SkbPrograms, nd.sock.SockPrograms = objs.SkbPrograms{}, objs.SockPrograms{}
+	return errors.Join(nd.Close(), oldSkb.Close(), oldSock.Close(), oldMap.Close())
+}
+
 // ReadsCiliumIPCache says whether the verdict resolves peers from Cilium's
 // ipcache (Options.CiliumIPCache) before sidewall's own peer maps.
 func (d *Datapath) ReadsCiliumIPCache() bool { return d.ciliumIPCache }

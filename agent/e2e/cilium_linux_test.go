@@ -473,6 +473,25 @@ spec:
 			}
 			return nil
 		})
+		// Cilium re-creates its ipcache when its agent restarts ("restarts
+		// lose no enforcement" restarted it): the verdict must read the map
+		// Cilium pins now, or web's new identity (the namespace label gave
+		// it one) is never seen.
+		waitFor(t, "the verdict reads the ipcache Cilium pins now", func() error {
+			m, err := agent.OpenCiliumIPCache(agent.CiliumIPCachePath(n.Local.CiliumBPFRoot()))
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			pinned, _ := m.Info()
+			used, _ := n.Agent.Datapath.MapsByName()["sw_cilium_ipcache"].Info()
+			p, _ := pinned.ID()
+			u, _ := used.ID()
+			if p != u {
+				return fmt.Errorf("pinned map %d, the verdict reads map %d", p, u)
+			}
+			return nil
+		})
 		n.Expect(web, "app", payments, "8080", true)
 	})
 
