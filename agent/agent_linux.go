@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -32,6 +33,7 @@ import (
 	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/bpfext"
 	"github.com/sidewall/sidewall/crds/v1alpha1"
+	"github.com/sidewall/sidewall/translator"
 )
 
 // DefaultResync is how often the agent reconciles without a trigger, to
@@ -83,7 +85,6 @@ type ContainerRuntime interface {
 
 // runtimeHint is a container the runtime named before the pod status did.
 type runtimeHint struct {
-	pod  types.UID
 	name string
 	path string
 }
@@ -122,9 +123,10 @@ type Agent struct {
 	// measured, with their pod: a container declassified and classified
 	// again (a policy deleted and created) is not measured twice.
 	classified map[uint64]types.UID
-	// hints holds, by container cgroup id, the containers the runtime
-	// named from a cgroup event (Config.Runtime).
-	hints map[uint64]runtimeHint
+	// hints holds, by pod and container cgroup id, the containers the
+	// runtime named from a cgroup event (Config.Runtime) that the pod
+	// status does not name yet.
+	hints map[types.UID]map[uint64]runtimeHint
 	// classifyTimes keeps the last unclassified times measured, for the
 	// benchmarks (ClassifyTimes).
 	classifyTimes []time.Duration
@@ -184,7 +186,7 @@ func New(cfg Config) (*Agent, error) {
 		watched:        map[types.UID]bool{},
 		firstSeen:      map[uint64]time.Time{},
 		classified:     map[uint64]types.UID{},
-		hints:          map[uint64]runtimeHint{},
+		hints:          map[types.UID]map[uint64]runtimeHint{},
 		attachFailed:   map[uint64]error{},
 		attachReported: map[uint64]bool{},
 	}
@@ -345,7 +347,7 @@ func (a *Agent) watchSignals(ctx context.Context) {
 			}
 			if ev.Op == cgroups.Removed {
 				a.mu.Lock()
-				delete(a.hints, ev.CgroupID)
+				delete(a.hints[ev.PodUID], ev.CgroupID)
 				a.mu.Unlock()
 			}
 			a.log.Debug("container cgroup event", "op", ev.Op, "pod", ev.PodUID, "path", ev.Path)
@@ -426,30 +428,43 @@ func (a *Agent) askRuntime(ctx context.Context, ev cgroups.Event) {
 		return
 	}
 	a.mu.Lock()
-	a.hints[ev.CgroupID] = runtimeHint{pod: ev.PodUID, name: c.Name, path: ev.Path}
+	if a.hints[ev.PodUID] == nil {
+		a.hints[ev.PodUID] = map[uint64]runtimeHint{}
+	}
+	a.hints[ev.PodUID][ev.CgroupID] = runtimeHint{name: c.Name, path: ev.Path}
 	a.mu.Unlock()
 }
 
-// runtimeContainers returns the containers of pod uid that the runtime
-// named and whose cgroups still exist, name -> cgroup id.
-func (a *Agent) runtimeContainers(uid types.UID) map[string]uint64 {
+// runtimeContainers adds to containers (name -> cgroup id, from the pod
+// status) the containers of pod the runtime named, whose cgroups still
+// exist and whose names the spec has; a newer instance wins over the
+// status. A hint the status now names is dropped: it is needed no more.
+func (a *Agent) runtimeContainers(pod *corev1.Pod, containers map[string]uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out map[string]uint64
-	for cg, h := range a.hints {
-		if h.pod != uid {
+	hints := a.hints[pod.UID]
+	if len(hints) == 0 {
+		return
+	}
+	inStatus := make(map[uint64]bool, len(containers))
+	for _, cg := range containers {
+		inStatus[cg] = true
+	}
+	for cg, h := range hints {
+		if inStatus[cg] {
+			delete(hints, cg)
 			continue
 		}
 		if id, err := cgroups.ID(h.path); err != nil || id != cg {
-			delete(a.hints, cg)
+			delete(hints, cg)
 			continue
 		}
-		if out == nil {
-			out = map[string]uint64{}
+		for _, c := range translator.PodContainers(pod) {
+			if c.Name == h.name {
+				containers[h.name] = cg
+			}
 		}
-		out[h.name] = cg
 	}
-	return out
 }
 
 // ClassifyTimes returns the unclassified times measured most recently

@@ -146,12 +146,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 				ps.Containers[c.Name] = c.CgroupID
 			}
 			// The runtime named these from their cgroup events, before the
-			// status had their ids; a newer instance wins over the status.
-			for name, cg := range a.runtimeContainers(pod.UID) {
-				if specHas(pod, name) {
-					ps.Containers[name] = cg
-				}
-			}
+			// status had their ids.
+			a.runtimeContainers(pod, ps.Containers)
 		}
 		in.Pods = append(in.Pods, ps)
 	}
@@ -204,6 +200,11 @@ func (a *Agent) forgetGonePods(pods []PodState) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for uid := range a.hints {
+		if !live[uid] {
+			delete(a.hints, uid)
+		}
+	}
 	for cg, uid := range a.classified {
 		if !live[uid] {
 			delete(a.classified, cg)
@@ -290,25 +291,4 @@ func (a *Agent) observeClassify(cg uint64, info CgroupInfo, pods []PodState, now
 	a.classifyTimes = append(a.classifyTimes, d)
 	a.mu.Unlock()
 	a.log.Info("container classified", "pod", info.Namespace+"/"+info.Pod, "container", info.Container, "cgroup", cg, "unclassifiedFor", d)
-}
-
-// specHas says whether the pod's spec has a container (of any kind) named
-// name.
-func specHas(pod *corev1.Pod, name string) bool {
-	for _, c := range pod.Spec.InitContainers {
-		if c.Name == name {
-			return true
-		}
-	}
-	for _, c := range pod.Spec.Containers {
-		if c.Name == name {
-			return true
-		}
-	}
-	for _, c := range pod.Spec.EphemeralContainers {
-		if c.Name == name {
-			return true
-		}
-	}
-	return false
 }

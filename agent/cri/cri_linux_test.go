@@ -3,7 +3,6 @@ package cri_test
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
 	"time"
 
@@ -23,17 +22,8 @@ func TestContainer(t *testing.T) {
 	harness.RequirePrivileged(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("/run", "sidewall-containerd-")
-	if err != nil {
-		t.Fatal(err)
-	}
 	parent := "/sidewall-cri-client-" + proc.RandHex(3)
-	t.Cleanup(func() { containerd.RemoveCgroups(parent) })
-	rt, err := containerd.Start(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Close() })
+	rt := containerd.StartForTest(t, parent, false)
 
 	c, err := cri.Dial(ctx, rt.Socket())
 	if err != nil {
@@ -63,7 +53,7 @@ func TestContainer(t *testing.T) {
 			t.Errorf("%s: got %v, want ErrNotFound", name, err)
 		}
 	}
-	if _, err := cri.Dial(ctx, dir+"/nothing.sock"); err == nil {
+	if _, err := cri.Dial(ctx, t.TempDir()+"/nothing.sock"); err == nil {
 		t.Error("Dial of a missing socket succeeded")
 	}
 }

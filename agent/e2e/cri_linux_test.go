@@ -32,25 +32,9 @@ func TestCRIFirstConnection(t *testing.T) {
 	n := agentnode.New(t, agentnode.Options{Prefix: "cri"})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("/run", "sidewall-containerd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// After the runtime's Close (cleanups run last first).
-	t.Cleanup(func() {
-		if err := containerd.RemoveV1Cgroups(n.Local.CgroupRoot()); err != nil {
-			t.Errorf("remove runc's cgroup v1 directories: %v", err)
-		}
-	})
-	rt, err := containerd.Start(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := rt.Close(); err != nil {
-			t.Errorf("containerd: %v", err)
-		}
-	})
+	// runc leaves its cgroup v1 directories under the node's root; the
+	// node removes its cgroup2 tree itself.
+	rt := containerd.StartForTest(t, n.Local.CgroupRoot(), true)
 	var ports []string
 	for range 2 {
 		ln, err := rt.ListenGateway()

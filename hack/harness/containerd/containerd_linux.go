@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc"
@@ -162,6 +163,39 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 	r.RT = runtimeapi.NewRuntimeServiceClient(r.conn)
 	ok = true
 	return r, nil
+}
+
+// StartForTest starts a Runtime in a new directory under /run for t. When
+// t ends it closes the runtime, then removes what runc made of the cgroup
+// tree cgroupParent (relative to the cgroup root; "" for none): in every
+// hierarchy, or only the cgroup v1 ones when v1Only (the cgroup2 tree is
+// someone else's to remove, such as localnode's).
+func StartForTest(t testing.TB, cgroupParent string, v1Only bool) *Runtime {
+	t.Helper()
+	dir, err := os.MkdirTemp("/run", "sidewall-containerd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cgroupParent != "" {
+		t.Cleanup(func() {
+			if err := removeCgroups(cgroupParent, v1Only); err != nil {
+				t.Errorf("remove runc's cgroups under %s: %v", cgroupParent, err)
+			}
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r, err := Start(ctx, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("containerd: %v", err)
+		}
+	})
+	return r
 }
 
 // Socket is containerd's gRPC socket, which serves the CRI.
@@ -433,13 +467,3 @@ func removeCgroups(parent string, skipUnified bool) error {
 	}
 	return errors.Join(errs...)
 }
-
-// RemoveV1Cgroups removes what runc made of the cgroup tree parent
-// (relative to the cgroup root) in the cgroup v1 hierarchies of this
-// hybrid host: runc creates a container's cgroup in each v1 controller as
-// well as in cgroup2, and leaves the parents it created there.
-func RemoveV1Cgroups(parent string) error { return removeCgroups(parent, true) }
-
-// RemoveCgroups removes the cgroup tree parent in every hierarchy, cgroup2
-// included, for a test that made parent only for the runtime's pods.
-func RemoveCgroups(parent string) error { return removeCgroups(parent, false) }

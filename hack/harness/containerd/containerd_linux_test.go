@@ -22,21 +22,8 @@ func TestRunsAPod(t *testing.T) {
 	harness.RequirePrivileged(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("/run", "sidewall-containerd-")
-	if err != nil {
-		t.Fatal(err)
-	}
 	parent := "/sidewall-cri-test-" + randHex(3)
-	t.Cleanup(func() { removeCgroups(parent, false) }) // after the runtime's Close
-	r, err := Start(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
+	r := StartForTest(t, parent, false)
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "smoke", Namespace: "default", UID: types.UID("0c1d2e3f-0000-4000-8000-" + randHex(6))}}
 	p, err := r.RunPodSandbox(ctx, pod, parent+"/pod"+string(pod.UID))
 	if err != nil {
