@@ -52,7 +52,7 @@ func (a *Agent) newTables() tables {
 			list: func() (map[uint32]bpfext.Pod, error) {
 				return indexed(dp.Pods, func(p bpfext.Pod) uint32 { return p.ID })
 			},
-			equal:  comparableEqual[bpfext.Pod],
+			equal:  podEqual,
 			update: func(m map[uint32]bpfext.Pod) error { return dp.UpsertPods(valuesOf(m)) },
 			delete: dp.DeletePods,
 		},
@@ -193,6 +193,10 @@ func (a *Agent) apply(desired *State, changed map[uint32][]bpfext.Rule, pods []P
 		return err
 	}
 	if _, err := t.pods.sync(desired.Pods); err != nil {
+		return err
+	}
+	// Declared ports, reserved before a container of a new pod may bind.
+	if err := a.cfg.Datapath.ReservePorts(valuesOf(desired.Pods)); err != nil {
 		return err
 	}
 

@@ -401,6 +401,11 @@ func (c *compiler) pod(ps *PodState) {
 			c.ids.keep(1, c.ids.policies, string(pod.UID)+"/"+ct.Name, e.PolicyID)
 		}
 		entry, rules, refs := c.container(pod, sets, containers, ct, podID)
+		for _, pp := range declaredPorts(pod, ct.Name) {
+			pp.ContainerID, pp.Restricted = ct.id, entry.EgressRestricted || entry.IngressRestricted
+			p.Ports = append(p.Ports, pp)
+		}
+		c.out.Pods[podID] = p
 		if entry.PolicyID != 0 {
 			c.out.Rules[entry.PolicyID] = rules
 			c.out.Policies[entry.PolicyID] = refs
@@ -701,4 +706,34 @@ func (c *compiler) peers(p translator.Peer, all []container) []peer {
 // within reports whether inner lies inside outer.
 func within(inner, outer netip.Prefix) bool {
 	return inner.Addr().Is4() == outer.Addr().Is4() && inner.Bits() >= outer.Bits() && outer.Contains(inner.Addr())
+}
+
+// declaredPorts are the TCP and UDP containerPorts a container of the pod
+// declares (SCTP has no bound-port entry). Each is reserved for it in the
+// pod's bound-port table.
+func declaredPorts(pod *corev1.Pod, name string) []bpfext.PodPort {
+	var out []bpfext.PodPort
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, ct := range cs {
+			if ct.Name != name {
+				continue
+			}
+			for _, port := range ct.Ports {
+				pp := bpfext.PodPort{Port: uint16(port.ContainerPort)}
+				switch port.Protocol {
+				case corev1.ProtocolTCP, "":
+					pp.Protocol = bpfext.ProtoTCP
+				case corev1.ProtocolUDP:
+					pp.Protocol = bpfext.ProtoUDP
+				default:
+					continue
+				}
+				if port.ContainerPort <= 0 || port.ContainerPort > 65535 {
+					continue
+				}
+				out = append(out, pp)
+			}
+		}
+	}
+	return out
 }

@@ -3,6 +3,8 @@ package agent
 import (
 	"fmt"
 	"maps"
+
+	"github.com/sidewall/sidewall/bpfext"
 )
 
 // mapSync reconciles one datapath table, in the manner of Cilium's
@@ -91,3 +93,10 @@ func (s *mapSync[K, V]) prune(desired map[K]V) ([]K, error) {
 }
 
 func comparableEqual[V comparable](a, b V) bool { return a == b }
+
+
+// podEqual compares pod entries by what the pods map holds: the addresses.
+// Declared ports go to the bound-port table (Datapath.ReservePorts).
+func podEqual(a, b bpfext.Pod) bool {
+	return a.ID == b.ID && a.IPv4 == b.IPv4 && a.IPv6 == b.IPv6
+}

@@ -19,8 +19,10 @@ type entryHook struct {
 }
 
 // entryHooks are attached to every pod cgroup, in this order: cgroup_skb
-// first, since it alone is authoritative; the socket hooks after it only
-// make a deny prompt (EPERM at connect/sendto) and record bound ports.
+// first, since it alone is authoritative; the socket hooks after it make a
+// deny prompt (EPERM at connect/sendto); post_bind and sock_release keep
+// the pod's bound-port table and refuse a restricted container another
+// container's port.
 var entryHooks = []entryHook{
 	{"egress", ebpf.AttachCGroupInetEgress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryEgress }},
 	{"ingress", ebpf.AttachCGroupInetIngress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryIngress }},
@@ -28,8 +30,9 @@ var entryHooks = []entryHook{
 	{"connect6", ebpf.AttachCGroupInet6Connect, func(d *Datapath) *ebpf.Program { return d.sock.SwEntryConnect6 }},
 	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(d *Datapath) *ebpf.Program { return d.sock.SwEntrySendmsg4 }},
 	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(d *Datapath) *ebpf.Program { return d.sock.SwEntrySendmsg6 }},
-	{"bind4", ebpf.AttachCGroupInet4Bind, func(d *Datapath) *ebpf.Program { return d.sock.SwBind4 }},
-	{"bind6", ebpf.AttachCGroupInet6Bind, func(d *Datapath) *ebpf.Program { return d.sock.SwBind6 }},
+	{"post_bind4", ebpf.AttachCGroupInet4PostBind, func(d *Datapath) *ebpf.Program { return d.sock.SwPostBind4 }},
+	{"post_bind6", ebpf.AttachCGroupInet6PostBind, func(d *Datapath) *ebpf.Program { return d.sock.SwPostBind6 }},
+	{"sock_release", ebpf.AttachCgroupInetSockRelease, func(d *Datapath) *ebpf.Program { return d.sock.SwSockRelease }},
 }
 
 // attachFault, when set (tests only), fails the attachment of a hook.

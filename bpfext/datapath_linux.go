@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -63,6 +64,57 @@ type Options struct {
 	// must not change the verdict). By default Load installs its own verdict
 	// programs, which is how a new agent version upgrades the verdict.
 	KeepVerdicts bool
+	// EventRate is how many events one container (classified cgroup) may
+	// send per second on each CPU, in bursts of up to EventBurst, so that
+	// one container cannot fill the ring buffer every pod shares. Zero:
+	// DefaultEventRate and DefaultEventBurst; a negative rate: no limit.
+	EventRate, EventBurst int
+	// DenyAggregation reports repeated denies of one flow once per
+	// interval, as Cilium's monitor aggregation does. Zero:
+	// DefaultDenyAggregation; negative: every deny is reported.
+	DenyAggregation time.Duration
+	// PodPortShare is how many bound-port entries one pod may hold. Zero:
+	// DefaultPodPortShare; negative: no limit but the table's size.
+	PodPortShare int
+}
+
+// Defaults of the event and port limits (Options).
+const (
+	DefaultEventRate       = 1000
+	DefaultEventBurst      = 2000
+	DefaultDenyAggregation = 5 * time.Second
+	DefaultPodPortShare    = 1024
+)
+
+// limits returns the config values of the event and port limits.
+func (o Options) limits() (rate, burst, aggregateMS, share uint32, err error) {
+	pick := func(v, def int) uint32 {
+		switch {
+		case v < 0:
+			return 0
+		case v == 0:
+			return uint32(def)
+		}
+		return uint32(v)
+	}
+	if o.EventBurst < 0 {
+		return 0, 0, 0, 0, fmt.Errorf("event burst %d: want 0 (default) or more", o.EventBurst)
+	}
+	if o.EventRate > 1_000_000_000 || o.EventBurst > 1<<24 || o.PodPortShare > 1<<30 {
+		return 0, 0, 0, 0, fmt.Errorf("event rate %d, burst %d or pod port share %d out of range", o.EventRate, o.EventBurst, o.PodPortShare)
+	}
+	rate, share = pick(o.EventRate, DefaultEventRate), pick(o.PodPortShare, DefaultPodPortShare)
+	burst = pick(o.EventBurst, DefaultEventBurst)
+	switch {
+	case o.DenyAggregation < 0:
+	case o.DenyAggregation == 0:
+		aggregateMS = uint32(DefaultDenyAggregation / time.Millisecond)
+	case o.DenyAggregation > time.Hour:
+		return 0, 0, 0, 0, fmt.Errorf("deny aggregation %s: at most an hour", o.DenyAggregation)
+	default:
+		aggregateMS = uint32(max(o.DenyAggregation/time.Millisecond, 1))
+	}
+	return rate, burst, aggregateMS, share, nil
 }
 
 // Datapath is the loaded datapath: the pinned maps, the entry programs to
@@ -72,6 +124,7 @@ type Datapath struct {
 	pinDir string
 	// ciliumIPCache: the verdict reads Cilium's ipcache, not the stand-in.
 	ciliumIPCache bool
+	opts          Options // as loaded, for SetCiliumIPCache
 	skb           objs.SkbObjects
 	sock          objs.SockObjects
 }
@@ -102,6 +155,10 @@ func Load(opts Options) (*Datapath, error) {
 }
 
 func load(opts Options) (*Datapath, error) {
+	rate, burst, aggregateMS, share, err := opts.limits()
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Join(opts.PinDir, "links"), 0o700); err != nil {
 		return nil, fmt.Errorf("create pin dir: %w", err)
 	}
@@ -127,7 +184,7 @@ func load(opts Options) (*Datapath, error) {
 		}
 	}
 
-	d := &Datapath{pinDir: opts.PinDir, ciliumIPCache: opts.CiliumIPCache != nil}
+	d := &Datapath{pinDir: opts.PinDir, ciliumIPCache: opts.CiliumIPCache != nil, opts: opts}
 	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}, MapReplacements: map[string]*ebpf.Map{}}
 	if m := opts.CiliumIPCache; m != nil {
 		for _, spec := range []*ebpf.CollectionSpec{skbSpec, sockSpec} {
@@ -154,6 +211,10 @@ func load(opts Options) (*Datapath, error) {
 				return nil, err
 			}
 		}
+	}
+	if err := d.setLimits(rate, burst, aggregateMS, share); err != nil {
+		d.Close()
+		return nil, err
 	}
 	// A new epoch: socket verdicts cached before this load are decided again.
 	if err := d.bumpEpoch(); err != nil {
@@ -210,7 +271,9 @@ func ensureBPFFS(root, pinDir string) error {
 // Programs already attached keep working: they tail-call the new
 // verdicts. Not safe to call concurrently with Attach.
 func (d *Datapath) SetCiliumIPCache(m *ebpf.Map) error {
-	nd, err := load(Options{PinDir: d.pinDir, CiliumIPCache: m})
+	o := d.opts
+	o.CiliumIPCache, o.KeepVerdicts, o.MaxEntries = m, false, nil
+	nd, err := load(o)
 	if err != nil {
 		return fmt.Errorf("reload the verdict with a new Cilium ipcache: %w", err)
 	}
@@ -331,7 +394,9 @@ func (d *Datapath) MapsByName() map[string]*ebpf.Map {
 		objs.SkbMapSwContainers: m.SwContainers, objs.SkbMapSwCounters: m.SwCounters,
 		objs.SkbMapSwEvents: m.SwEvents, objs.SkbMapSwFlows: m.SwFlows,
 		objs.SkbMapSwIdent4: m.SwIdent4, objs.SkbMapSwIdent6: m.SwIdent6,
-		objs.SkbMapSwLocalPorts: m.SwLocalPorts, objs.SkbMapSwPods: m.SwPods,
+		objs.SkbMapSwBound: m.SwBound, objs.SkbMapSwPodPorts: m.SwPodPorts,
+		objs.SkbMapSwSockBound: m.SwSockBound, objs.SkbMapSwEventBudget: m.SwEventBudget,
+		objs.SkbMapSwDenySeen: m.SwDenySeen, objs.SkbMapSwPods: m.SwPods,
 		objs.SkbMapSwPolicies: m.SwPolicies, objs.SkbMapSwRules: m.SwRules,
 		objs.SkbMapSwConfig: m.SwConfig, objs.SkbMapSwSockCache: m.SwSockCache,
 		objs.SkbMapSwCiliumIpcache:  m.SwCiliumIpcache,

@@ -88,7 +88,7 @@ func DecodeEvent(raw []byte) (Event, error) {
 		return Event{}, fmt.Errorf("decode event: verdict %d out of range", e.Verdict)
 	case uint32(out.Reason) >= reasonMax:
 		return Event{}, fmt.Errorf("decode event: reason %d out of range", e.Reason)
-	case out.Hook > HookSendmsg:
+	case out.Hook > HookBind:
 		return Event{}, fmt.Errorf("decode event: hook %d out of range", e.Hook)
 	}
 	return out, nil
@@ -117,6 +117,12 @@ func (d *Datapath) Counters() (Counters, error) {
 			c.EventsLost = sum
 		case k == counterUnknownCgroup:
 			c.UnknownCgroup = sum
+		case k == counterRateLimited:
+			c.EventsRateLimited = sum
+		case k == counterAggregated:
+			c.EventsAggregated = sum
+		case k == counterPortTableFull:
+			c.PortTableFull = sum
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -44,8 +44,8 @@ func TestReplacePolicyRules(t *testing.T) {
 	}
 
 	// The flows the verdict runs above opened are forgotten with their cgroup.
-	if n, _ := d.MapEntries(); n[MapFlows] == 0 || n[MapLocalPorts] == 0 {
-		t.Fatalf("no flows or local ports to forget: %v", n)
+	if n, _ := d.MapEntries(); n[MapFlows] == 0 {
+		t.Fatalf("no flows to forget: %v", n)
 	}
 	if err := d.ForgetFlows([]uint64{cgSidecar, cgAuditor, cgApp}); err != nil {
 		t.Fatal(err)
@@ -75,7 +75,7 @@ func TestReplacePolicyRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range []string{MapFlows, "sw_local_ports", "sw_containers", "sw_pods", "sw_ident4", "sw_ident6", "sw_cidr4", "sw_cidr6", "sw_rules", "sw_policies"} {
+	for _, m := range []string{MapFlows, MapBoundPorts, MapPodPorts, "sw_containers", "sw_pods", "sw_ident4", "sw_ident6", "sw_cidr4", "sw_cidr6", "sw_rules", "sw_policies"} {
 		if after[m] != 0 {
 			t.Errorf("%s has %d entries after deleting everything (had %d)", m, after[m], base[m])
 		}

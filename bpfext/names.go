@@ -14,6 +14,7 @@ const (
 	MapCIDR4       = objs.SkbMapSwCidr4
 	MapCIDR6       = objs.SkbMapSwCidr6
 	MapFlows       = objs.SkbMapSwFlows
-	MapLocalPorts  = objs.SkbMapSwLocalPorts
+	MapBoundPorts  = objs.SkbMapSwBound
+	MapPodPorts    = objs.SkbMapSwPodPorts
 	MapEvents      = objs.SkbMapSwEvents
 )

@@ -2,6 +2,9 @@ package bpfext
 
 import (
 	"encoding/binary"
+	"errors"
+	"net"
+	"sync"
 	"net/netip"
 	"testing"
 
@@ -115,7 +118,53 @@ func packet(src, dst string, proto uint8, sport, dport uint16, opts ...pktOpt) [
 // the entry program hands the verdict in cb[] (offset 48): the classified
 // cgroup and its entry. A cgroup without an entry gets no handoff, so the
 // verdict classifies the packet itself.
+//
+// The packet is one that leaves or arrives on a device other than loopback
+// (ifindex and ingress_ifindex of an interface of the test's namespace):
+// not delivered inside the pod. skbLocalContext makes it one that is.
 func skbContext(tb testing.TB, d *Datapath, cgroupID uint64) []byte {
+	tb.Helper()
+	ctx := skbCbContext(tb, d, cgroupID)
+	ifi := outerIfindex(tb)
+	binary.NativeEndian.PutUint32(ctx[36:], ifi) // ingress_ifindex
+	binary.NativeEndian.PutUint32(ctx[40:], ifi) // ifindex
+	return ctx
+}
+
+// skbLocalContext is skbContext for a packet delivered over loopback.
+func skbLocalContext(tb testing.TB, d *Datapath, cgroupID uint64) []byte {
+	tb.Helper()
+	ctx := skbCbContext(tb, d, cgroupID)
+	binary.NativeEndian.PutUint32(ctx[36:], 1)
+	binary.NativeEndian.PutUint32(ctx[40:], 1)
+	return ctx
+}
+
+var outerIfindexOnce = sync.OnceValues(func() (uint32, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return 0, err
+	}
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 && i.Index > 1 {
+			return uint32(i.Index), nil
+		}
+	}
+	return 0, errors.New("no interface other than loopback in the test's network namespace")
+})
+
+// outerIfindex is an interface of the test's namespace that is not
+// loopback: BPF_PROG_TEST_RUN sends the packet from it.
+func outerIfindex(tb testing.TB) uint32 {
+	tb.Helper()
+	i, err := outerIfindexOnce()
+	if err != nil {
+		tb.Fatalf("test packets need a non-loopback device: %v", err)
+	}
+	return i
+}
+
+func skbCbContext(tb testing.TB, d *Datapath, cgroupID uint64) []byte {
 	tb.Helper()
 	ctx := make([]byte, 192)
 	var ci objs.SkbContainerInfo

@@ -421,7 +421,7 @@ func TestEnforcementOutlivesLoader(t *testing.T) {
 		t.Errorf("containers after adoption: %d %v, want %d", len(got), err, len(cs))
 	}
 	gotPods, err := d.Pods()
-	if err != nil || len(gotPods) != 1 || gotPods[0] != pods[0] {
+	if err != nil || len(gotPods) != 1 || (gotPods[0].ID != pods[0].ID || gotPods[0].IPv4 != pods[0].IPv4 || gotPods[0].IPv6 != pods[0].IPv6) {
 		t.Errorf("pods after adoption: %v %v, want %v", gotPods, err, pods)
 	}
 	gotIDs, err := d.Identities()

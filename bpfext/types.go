@@ -66,10 +66,15 @@ const (
 	ReasonNoVerdict    = Reason(objs.SkbReasonREASON_NO_VERDICT)
 	ReasonMalformed    = Reason(objs.SkbReasonREASON_MALFORMED)
 	ReasonSelf         = Reason(objs.SkbReasonREASON_SELF)
+	ReasonPortTaken    = Reason(objs.SkbReasonREASON_PORT_TAKEN)
+	ReasonPortShare    = Reason(objs.SkbReasonREASON_PORT_SHARE)
 	reasonMax          = uint32(objs.SkbReasonREASON_MAX)
 	// countersPerReasonSet is the first counter after direction x verdict x reason.
 	countersPerReasonSet = uint32(objs.SkbCounterCOUNTER_EVENTS_LOST)
 	counterUnknownCgroup = uint32(objs.SkbCounterCOUNTER_UNKNOWN_CGROUP)
+	counterRateLimited   = uint32(objs.SkbCounterCOUNTER_EVENTS_RATE_LIMITED)
+	counterAggregated    = uint32(objs.SkbCounterCOUNTER_EVENTS_AGGREGATED)
+	counterPortTableFull = uint32(objs.SkbCounterCOUNTER_PORT_TABLE_FULL)
 )
 
 var reasonNames = map[Reason]string{
@@ -77,7 +82,8 @@ var reasonNames = map[Reason]string{
 	ReasonDefaultDeny: "default-deny", ReasonExclusive: "exclusive-grant", ReasonReply: "reply",
 	ReasonUnrestricted: "unrestricted", ReasonUnclassified: "unclassified", ReasonTruncated: "truncated",
 	ReasonFragment: "fragment", ReasonUnknownL4: "unknown-l4", ReasonNoVerdict: "no-verdict",
-	ReasonMalformed: "malformed", ReasonSelf: "self",
+	ReasonMalformed: "malformed", ReasonSelf: "self", ReasonPortTaken: "port-taken",
+	ReasonPortShare: "port-share",
 }
 
 func (r Reason) String() string {
@@ -94,6 +100,7 @@ const (
 	HookSKB     = Hook(objs.SkbHookHOOK_SKB)
 	HookConnect = Hook(objs.SkbHookHOOK_CONNECT)
 	HookSendmsg = Hook(objs.SkbHookHOOK_SENDMSG)
+	HookBind    = Hook(objs.SkbHookHOOK_BIND)
 )
 
 func (h Hook) String() string {
@@ -104,6 +111,8 @@ func (h Hook) String() string {
 		return "connect"
 	case HookSendmsg:
 		return "sendmsg"
+	case HookBind:
+		return "bind"
 	}
 	return fmt.Sprintf("hook(%d)", uint8(h))
 }
@@ -167,6 +176,20 @@ type Pod struct {
 	ID   uint32
 	IPv4 netip.Addr // zero value: none
 	IPv6 netip.Addr // zero value: none
+	// Ports are the ports the pod spec declares for its containers
+	// (containerPort): reserved for that container, so a restricted
+	// container that starts first cannot bind them.
+	Ports []PodPort
+}
+
+// PodPort is a port a container of the pod declares.
+type PodPort struct {
+	ContainerID uint32
+	Protocol    uint8 // ProtoTCP or ProtoUDP
+	Port        uint16
+	// Restricted: the declaring container is restricted, so no other
+	// container may join its port either.
+	Restricted bool
 }
 
 // PeerIdentity maps an address or CIDR to a security identity. A full-length
@@ -255,6 +278,15 @@ type Counters struct {
 	// UnknownCgroup counts packets of attached pods whose cgroup no entry
 	// classifies (passed untouched).
 	UnknownCgroup uint64
+	// EventsRateLimited counts events a container's budget did not admit
+	// (per container: EventBudgets).
+	EventsRateLimited uint64
+	// EventsAggregated counts repeated denies of one flow within the
+	// aggregation interval, not reported again.
+	EventsAggregated uint64
+	// PortTableFull counts binds the bound-port table could not record
+	// (the pod's share used up, or the table full).
+	PortTableFull uint64
 }
 
 // Get returns one verdict counter.

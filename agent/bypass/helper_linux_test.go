@@ -121,6 +121,9 @@ func runHelper(args []string) int {
 	case "recvfd":
 		recvFD(a[0], a[1])
 	default:
+		if runHelper2(op, a) {
+			break
+		}
 		fmt.Fprintln(os.Stderr, "unknown op", op)
 		return 2
 	}

@@ -188,6 +188,75 @@ static __always_inline __u8 parse_skb(struct __sk_buff *skb, struct tuple *t)
 	return REASON_UNKNOWN_L4;
 }
 
+/* Where the packet is really delivered. On egress, a packet leaves through
+ * the namespace's loopback device exactly when its route is local: any
+ * address of the pod's network namespace (loopback, every pod IP, link-local
+ * addresses of every interface). On ingress, it arrived on loopback, or it
+ * is the looped-back copy of the pod's own multicast or broadcast. */
+static __always_inline int delivered_locally(struct __sk_buff *skb, __u8 dir)
+{
+	if (dir == DIR_EGRESS)
+		return skb->ifindex == LOOPBACK_IFINDEX;
+	return skb->ingress_ifindex == LOOPBACK_IFINDEX || skb->pkt_type == PACKET_LOOPBACK;
+}
+
+/* The classified cgroup of the socket at the pod-local other end, found
+ * the way the kernel finds it: on egress the socket the packet will be
+ * delivered to, on ingress the socket that sent it. 0 when no socket, or
+ * none in a classified cgroup, holds it. */
+__attribute__((noinline)) __u64 sw_local_peer_cgroup(struct __sk_buff *skb, const struct tuple *t, __u32 dir)
+{
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+	__u64 leaf, found = 0;
+	__u32 size;
+
+	if (!t || !t->has_ports)
+		return 0;
+	if (t->family == 4) {
+		st.ipv4.saddr = *(const __u32 *)(dir == DIR_EGRESS ? t->saddr : t->daddr);
+		st.ipv4.daddr = *(const __u32 *)(dir == DIR_EGRESS ? t->daddr : t->saddr);
+		size = sizeof(st.ipv4);
+	} else {
+		__builtin_memcpy(st.ipv6.saddr, dir == DIR_EGRESS ? t->saddr : t->daddr, 16);
+		__builtin_memcpy(st.ipv6.daddr, dir == DIR_EGRESS ? t->daddr : t->saddr, 16);
+		size = sizeof(st.ipv6);
+	}
+	/* sport/dport sit at the same offsets in both halves of the union. */
+	if (t->family == 4) {
+		st.ipv4.sport = bpf_htons(dir == DIR_EGRESS ? t->sport : t->dport);
+		st.ipv4.dport = bpf_htons(dir == DIR_EGRESS ? t->dport : t->sport);
+	} else {
+		st.ipv6.sport = bpf_htons(dir == DIR_EGRESS ? t->sport : t->dport);
+		st.ipv6.dport = bpf_htons(dir == DIR_EGRESS ? t->dport : t->sport);
+	}
+	if (t->proto == IPPROTO_TCP)
+		sk = bpf_sk_lookup_tcp(skb, &st, size, BPF_F_CURRENT_NETNS, 0);
+	else if (t->proto == IPPROTO_UDP)
+		sk = bpf_sk_lookup_udp(skb, &st, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		return 0;
+	if (!sk)
+		return 0;
+	leaf = bpf_sk_cgroup_id(sk);
+	if (container_lookup(leaf)) {
+		found = leaf;
+	} else {
+		for (int level = MAX_CGROUP_LEVEL - 1; level >= 0; level--) {
+			__u64 id = bpf_sk_ancestor_cgroup_id(sk, level);
+
+			if (!id || id == leaf)
+				continue;
+			if (container_lookup(id)) {
+				found = id;
+				break;
+			}
+		}
+	}
+	bpf_sk_release(sk);
+	return found;
+}
+
 static __always_inline void flow_key_of(struct flow_key *k, __u64 cgid, const struct tuple *t,
 					__u8 dir, __u8 origin)
 {
@@ -235,7 +304,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 	struct tuple t = {};
 	struct verdict_cache *cache;
 	struct flow_key fk;
-	__u64 cgid, epoch = 0;
+	__u64 cgid, peer_cg = 0, epoch = 0;
 	__u8 reason, local;
 	__u32 peer;
 
@@ -306,16 +375,15 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
-	local = is_pod_local(t.family, dir == DIR_EGRESS ? t.daddr : t.saddr, ci.pod_id);
+	local = delivered_locally(skb, dir);
 	if (local) {
 		if (!ci.container_id) {
 			cip = container_lookup(cgid);
 			if (cip)
 				ci.container_id = cip->container_id;
 		}
-		__u16 port = dir == DIR_EGRESS ? t.dport : t.sport;
-
-		peer = local_container_id(t.has_ports ? local_port_owner(ci.pod_id, t.proto, port) : 0);
+		peer_cg = sw_local_peer_cgroup(skb, &t, dir);
+		peer = local_container_id(peer_cg);
 	} else {
 		peer = resolve_identity(t.family, dir == DIR_EGRESS ? t.daddr : t.saddr);
 	}
@@ -326,7 +394,10 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 	/* The flow this packet opens, or continues. Established flows cost one
 	 * lookup on the side that opened them. */
 	flow_key_of(&fk, cgid, &t, dir, dir);
-	if (d.verdict != VERDICT_DENY && bpf_map_lookup_elem(&sw_flows, &fk)) {
+	if ((d.verdict != VERDICT_DENY || (local && peer == LOCAL_PEER_UNKNOWN && !(ci.flags & CF_DENY_ALL))) &&
+	    bpf_map_lookup_elem(&sw_flows, &fk)) {
+		/* A pod-local flow whose other end is gone (no socket holds it)
+		 * may finish: nothing can receive it. */
 		count_verdict(dir, d.verdict, d.reason);
 		if (d.verdict == VERDICT_AUDIT)
 			emit_event(HOOK_SKB, dir, bpf_skb_cgroup_id(skb), cgid, bpf_get_socket_cookie(skb),
@@ -350,17 +421,37 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 		return 0;
 	}
 
-	if (local && dir == DIR_EGRESS && t.has_ports) {
-		/* Lets the receiving container name the sender on its ingress. */
-		struct local_port_key lk = { .pod_id = ci.pod_id, .port = t.sport, .proto = t.proto };
-		__u64 *owner = bpf_map_lookup_elem(&sw_local_ports, &lk);
+	/* Pod-local, arriving: the sender's egress rules decide too, unless its
+	 * own egress already decided this flow as pod-local. That covers what
+	 * the sender's egress saw as outbound: the looped-back copies of its
+	 * multicast and broadcast. */
+	if (local && dir == DIR_INGRESS && peer_cg && peer_cg != cgid) {
+		struct container_info *sp = container_lookup(peer_cg);
 
-		if (!owner || *owner != cgid)
-			bpf_map_update_elem(&sw_local_ports, &lk, &cgid, BPF_ANY);
+		if (sp) {
+			struct flow_key sk_fk;
+			struct flow_info *sfi;
+
+			flow_key_of(&sk_fk, peer_cg, &t, DIR_EGRESS, DIR_EGRESS);
+			sfi = bpf_map_lookup_elem(&sw_flows, &sk_fk);
+			if (!sfi || !(sfi->flags & FLOW_LOCAL)) {
+				struct container_info s = *sp;
+				struct decision sd = {};
+
+				decide(&s, DIR_EGRESS, 1, ci.container_id ? ci.container_id : LOCAL_PEER_UNKNOWN,
+				       t.proto, t.dport, t.has_ports, &sd);
+				if (sd.verdict == VERDICT_DENY) {
+					count_verdict(DIR_EGRESS, sd.verdict, sd.reason);
+					emit_event(HOOK_SKB, DIR_EGRESS, peer_cg, peer_cg, bpf_get_socket_cookie(skb), &s, &t,
+						   &sd, 0);
+					return 0;
+				}
+			}
+		}
 	}
 
 	{
-		struct flow_info fi = { .first_seen_ns = bpf_ktime_get_ns(), .policy_id = ci.policy_id };
+		struct flow_info fi = { .first_seen_ns = bpf_ktime_get_ns(), .policy_id = ci.policy_id, .flags = local ? FLOW_LOCAL : 0 };
 
 		/* NOEXIST: of two CPUs racing on a flow's first packets, one reports it. */
 		if (bpf_map_update_elem(&sw_flows, &fk, &fi, BPF_NOEXIST) == 0) {

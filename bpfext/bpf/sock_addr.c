@@ -6,8 +6,9 @@
  * timing out on silently dropped SYNs. They see the address the application
  * asked for (a service VIP, before any socket load balancer that runs after
  * them); cgroup_skb stays the authoritative check on the wire address.
- * cgroup/bind4|6 remember which container owns a pod-local port, so both
- * ends of pod-local traffic can be decided. */
+ * cgroup/post_bind4|6 record which container holds a port of the pod, for
+ * binds that succeeded, and refuse a restricted container a port another
+ * container holds or declares; cgroup/sock_release releases it. */
 
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -107,10 +108,16 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 	leaf = bpf_get_current_cgroup_id();
 	cookie = bpf_get_socket_cookie(ctx);
 
-	local = is_pod_local(t.family, t.daddr, ci.pod_id);
+	local = is_pod_address(t.family, t.daddr, ci.pod_id);
 	if (local) {
-		owner = local_port_owner(ci.pod_id, t.proto, t.dport);
-		peer = local_container_id(owner);
+		struct bound_port *bp = bound_lookup(ci.pod_id, t.proto, t.dport);
+
+		/* No socket of the pod is known to hold the port: cgroup_skb
+		 * decides by the socket the packet is really delivered to. */
+		if (!bp || !bp->sockets || !bp->cgroup_id)
+			return 1;
+		owner = bp->cgroup_id;
+		peer = bp->container_id ? bp->container_id : local_container_id(owner);
 	} else {
 		peer = resolve_identity(t.family, t.daddr);
 	}
@@ -202,32 +209,178 @@ int sw_verdict_sendmsg6(struct bpf_sock_addr *ctx)
 	return sock_verdict(ctx, 6, HOOK_SENDMSG);
 }
 
-static __always_inline int bind_record(struct bpf_sock_addr *ctx)
+static __always_inline int bind_restricted(const struct container_info *ci)
 {
-	struct container_info *ci;
-	__u64 cgid = classify_current(&ci);
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	struct local_port_key k = {};
+	return (ci->flags & (CF_EGRESS_RESTRICTED | CF_INGRESS_RESTRICTED)) != 0;
+}
 
-	if (!ci || !port)
+/* Refuses a bind (post_bind returning 0 makes bind() fail with EPERM and
+ * releases the port), or only reports it in audit mode. */
+static __always_inline int bind_refuse(struct bpf_sock *sk, __u8 family, const struct container_info *ci,
+				       __u64 leaf, __u64 cgid, __u32 owner, __u8 reason)
+{
+	struct decision d = {};
+	struct tuple t = {};
+
+	t.family = family;
+	t.proto = sk->protocol;
+	t.has_ports = 1;
+	t.dport = sk->src_port;
+	if (family == 4) {
+		*(__u32 *)t.daddr = sk->src_ip4;
+	} else {
+		__u32 *w = (__u32 *)t.daddr;
+
+		w[0] = sk->src_ip6[0];
+		w[1] = sk->src_ip6[1];
+		w[2] = sk->src_ip6[2];
+		w[3] = sk->src_ip6[3];
+	}
+	d.policy_id = ci->policy_id;
+	d.peer = owner;
+	d.local = 1;
+	d.reason = reason;
+	d.verdict = (ci->flags & CF_AUDIT) ? VERDICT_AUDIT : VERDICT_DENY;
+	count_verdict(DIR_INGRESS, d.verdict, reason);
+	emit_event(HOOK_BIND, DIR_INGRESS, leaf, cgid, bpf_get_socket_cookie(sk), ci, &t, &d, 0);
+	return d.verdict != VERDICT_DENY;
+}
+
+static __always_inline void bind_remember(struct bpf_sock *sk, const struct local_port_key *k)
+{
+	struct sock_bound *sb = bpf_sk_storage_get(&sw_sock_bound, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (sb)
+		sb->key = *k;
+}
+
+/* A bind that succeeded: record the port for its container, unless another
+ * container holds it. A restricted container may not take a port another
+ * container of the pod holds or declares (nor join its SO_REUSEPORT group),
+ * and no container may join a restricted container's port. */
+static __always_inline int post_bind(struct bpf_sock *sk, __u8 family)
+{
+	struct container_info ci, *cip;
+	struct local_port_key k = {};
+	struct bound_port *bp;
+	struct pod_ports *pp;
+	struct config *cfg;
+	__u64 leaf, cgid;
+	__u32 zero = 0;
+	int restricted;
+
+	cgid = classify_current(&cip);
+	if (!cip)
 		return 1;
-	k.pod_id = ci->pod_id;
-	k.port = port;
-	k.proto = ctx->protocol;
-	bpf_map_update_elem(&sw_local_ports, &k, &cgid, BPF_ANY);
+	ci = *cip;
+	leaf = bpf_get_current_cgroup_id();
+	k.pod_id = ci.pod_id;
+	k.port = sk->src_port;
+	k.proto = sk->protocol;
+	if (!k.port)
+		return 1;
+	restricted = bind_restricted(&ci);
+
+	bp = bpf_map_lookup_elem(&sw_bound, &k);
+	if (bp) {
+		__u32 owner = bp->container_id ? bp->container_id : local_container_id(bp->cgroup_id);
+		int mine = (bp->cgroup_id && bp->cgroup_id == leaf) ||
+			   (ci.container_id && owner == ci.container_id);
+
+		if (!mine && (restricted || ((bp->flags & BP_RESTRICTED) && bp->sockets)))
+			return bind_refuse(sk, family, &ci, leaf, cgid, owner, REASON_PORT_TAKEN);
+		if (mine) {
+			__sync_fetch_and_add(&bp->sockets, 1);
+			if (!bp->cgroup_id)
+				bp->cgroup_id = leaf;
+			bind_remember(sk, &k);
+		}
+		return 1;
+	}
+
+	/* A new entry, within the pod's share of the table. */
+	pp = bpf_map_lookup_elem(&sw_pod_ports, &k.pod_id);
+	if (!pp) {
+		struct pod_ports np = {};
+
+		bpf_map_update_elem(&sw_pod_ports, &k.pod_id, &np, BPF_NOEXIST);
+		pp = bpf_map_lookup_elem(&sw_pod_ports, &k.pod_id);
+	}
+	cfg = bpf_map_lookup_elem(&sw_config, &zero);
+	if (!pp || pp->overflow || (cfg && cfg->pod_port_share && pp->ports >= cfg->pod_port_share)) {
+		/* The port cannot be recorded, so it cannot be protected: a
+		 * restricted container gets no port, the others keep theirs. */
+		count(COUNTER_PORT_TABLE_FULL);
+		if (restricted)
+			return bind_refuse(sk, family, &ci, leaf, cgid, LOCAL_PEER_UNKNOWN, REASON_PORT_SHARE);
+		if (pp)
+			pp->overflow = 1;
+		return 1;
+	}
+	{
+		struct bound_port nb = {
+			.cgroup_id = leaf,
+			.container_id = ci.container_id,
+			.sockets = 1,
+			.flags = restricted ? BP_RESTRICTED : 0,
+		};
+
+		if (bpf_map_update_elem(&sw_bound, &k, &nb, BPF_NOEXIST) != 0) {
+			/* Another container won the race, or the table is full. */
+			count(COUNTER_PORT_TABLE_FULL);
+			if (restricted)
+				return bind_refuse(sk, family, &ci, leaf, cgid, LOCAL_PEER_UNKNOWN, REASON_PORT_TAKEN);
+			pp->overflow = 1;
+			return 1;
+		}
+	}
+	__sync_fetch_and_add(&pp->ports, 1);
+	bind_remember(sk, &k);
 	return 1;
 }
 
-SEC("cgroup/bind4")
-int sw_bind4(struct bpf_sock_addr *ctx)
+SEC("cgroup/post_bind4")
+int sw_post_bind4(struct bpf_sock *sk)
 {
-	return bind_record(ctx);
+	return post_bind(sk, 4);
 }
 
-SEC("cgroup/bind6")
-int sw_bind6(struct bpf_sock_addr *ctx)
+SEC("cgroup/post_bind6")
+int sw_post_bind6(struct bpf_sock *sk)
 {
-	return bind_record(ctx);
+	return post_bind(sk, 6);
+}
+
+/* The last socket of a container on a port closes: the port is free for
+ * the pod again (a reservation stays). */
+SEC("cgroup/sock_release")
+int sw_sock_release(struct bpf_sock *sk)
+{
+	struct sock_bound *sb = bpf_sk_storage_get(&sw_sock_bound, sk, 0, 0);
+	struct local_port_key k;
+	struct bound_port *bp;
+
+	if (!sb || !sb->key.port)
+		return 1;
+	k = sb->key;
+	bp = bpf_map_lookup_elem(&sw_bound, &k);
+	if (bp) {
+		__sync_fetch_and_add(&bp->sockets, -1);
+		if ((__s32)bp->sockets <= 0) {
+			if (bp->flags & BP_RESERVED) {
+				bp->sockets = 0;
+				bp->cgroup_id = 0;
+			} else if (bpf_map_delete_elem(&sw_bound, &k) == 0) {
+				struct pod_ports *pp = bpf_map_lookup_elem(&sw_pod_ports, &k.pod_id);
+
+				if (pp && pp->ports)
+					__sync_fetch_and_add(&pp->ports, -1);
+			}
+		}
+	}
+	/* The storage goes with the socket (cgroup_sock may not delete it). */
+	sb->key.port = 0;
+	return 1;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -13,6 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SkbBoundFlag uint32
+
+const (
+	SkbBoundFlagBP_RESERVED   SkbBoundFlag = 1
+	SkbBoundFlagBP_RESTRICTED SkbBoundFlag = 2
+)
+
+type SkbBoundPort struct {
+	_           structs.HostLayout
+	CgroupId    uint64
+	ContainerId uint32
+	Sockets     uint32
+	Flags       uint32
+	Pad         uint32
+}
+
 type SkbCiliumIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -32,9 +48,13 @@ type SkbCiliumRemoteEndpointInfo struct {
 }
 
 type SkbConfig struct {
-	_     structs.HostLayout
-	Epoch uint64
-	Flags uint64
+	_               structs.HostLayout
+	Epoch           uint64
+	Flags           uint64
+	EventRate       uint32
+	EventBurst      uint32
+	DenyAggregateMs uint32
+	PodPortShare    uint32
 }
 
 type SkbConfigFlag uint32
@@ -64,9 +84,12 @@ type SkbContainerInfo struct {
 type SkbCounter uint32
 
 const (
-	SkbCounterCOUNTER_EVENTS_LOST    SkbCounter = 96
-	SkbCounterCOUNTER_UNKNOWN_CGROUP SkbCounter = 97
-	SkbCounterCOUNTERS_MAX           SkbCounter = 104
+	SkbCounterCOUNTER_EVENTS_LOST         SkbCounter = 96
+	SkbCounterCOUNTER_UNKNOWN_CGROUP      SkbCounter = 97
+	SkbCounterCOUNTER_EVENTS_RATE_LIMITED SkbCounter = 98
+	SkbCounterCOUNTER_EVENTS_AGGREGATED   SkbCounter = 99
+	SkbCounterCOUNTER_PORT_TABLE_FULL     SkbCounter = 100
+	SkbCounterCOUNTERS_MAX                SkbCounter = 104
 )
 
 type SkbDirection uint32
@@ -101,11 +124,24 @@ type SkbEvent struct {
 	_            [4]byte
 }
 
+type SkbEventBudget struct {
+	_        structs.HostLayout
+	LastNs   uint64
+	CreditNs uint64
+	Dropped  uint64
+}
+
+type SkbFlowFlag uint32
+
+const (
+	SkbFlowFlagFLOW_LOCAL SkbFlowFlag = 1
+)
+
 type SkbFlowInfo struct {
 	_           structs.HostLayout
 	FirstSeenNs uint64
 	PolicyId    uint32
-	Pad         uint32
+	Flags       uint32
 }
 
 type SkbFlowKey struct {
@@ -127,6 +163,7 @@ const (
 	SkbHookHOOK_SKB     SkbHook = 0
 	SkbHookHOOK_CONNECT SkbHook = 1
 	SkbHookHOOK_SENDMSG SkbHook = 2
+	SkbHookHOOK_BIND    SkbHook = 3
 )
 
 type SkbIp4LpmKey struct {
@@ -167,6 +204,12 @@ type SkbPodInfo struct {
 	Flags uint32
 }
 
+type SkbPodPorts struct {
+	_        structs.HostLayout
+	Ports    uint32
+	Overflow uint32
+}
+
 type SkbPolicyInfo struct {
 	_     structs.HostLayout
 	Plens [16]uint32
@@ -189,6 +232,8 @@ const (
 	SkbReasonREASON_NO_VERDICT   SkbReason = 11
 	SkbReasonREASON_MALFORMED    SkbReason = 12
 	SkbReasonREASON_SELF         SkbReason = 13
+	SkbReasonREASON_PORT_TAKEN   SkbReason = 14
+	SkbReasonREASON_PORT_SHARE   SkbReason = 15
 	SkbReasonREASON_MAX          SkbReason = 16
 )
 
@@ -224,6 +269,11 @@ const (
 	SkbRuleKeyFlagRK_PLEN_SHIFT SkbRuleKeyFlag = 2
 )
 
+type SkbSockBound struct {
+	_   structs.HostLayout
+	Key SkbLocalPortKey
+}
+
 type SkbVerdict uint32
 
 const (
@@ -252,6 +302,7 @@ type SkbVerdictCache struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SkbMapSwBound               = "sw_bound"
 	SkbMapSwCallsEgress         = "sw_calls_egress"
 	SkbMapSwCallsIngress        = "sw_calls_ingress"
 	SkbMapSwCidr4               = "sw_cidr4"
@@ -260,23 +311,28 @@ const (
 	SkbMapSwConfig              = "sw_config"
 	SkbMapSwContainers          = "sw_containers"
 	SkbMapSwCounters            = "sw_counters"
+	SkbMapSwDenySeen            = "sw_deny_seen"
+	SkbMapSwEventBudget         = "sw_event_budget"
 	SkbMapSwEvents              = "sw_events"
 	SkbMapSwFlows               = "sw_flows"
 	SkbMapSwIdent4              = "sw_ident4"
 	SkbMapSwIdent6              = "sw_ident6"
-	SkbMapSwLocalPorts          = "sw_local_ports"
+	SkbMapSwPodPorts            = "sw_pod_ports"
 	SkbMapSwPods                = "sw_pods"
 	SkbMapSwPolicies            = "sw_policies"
 	SkbMapSwRules               = "sw_rules"
+	SkbMapSwSockBound           = "sw_sock_bound"
 	SkbMapSwSockCache           = "sw_sock_cache"
 	SkbProgSwEntryEgress        = "sw_entry_egress"
 	SkbProgSwEntryIngress       = "sw_entry_ingress"
 	SkbProgSwVerdictEgress      = "sw_verdict_egress"
 	SkbProgSwVerdictIngress     = "sw_verdict_ingress"
+	SkbVarContractBoundFlag     = "__contract_bound_flag"
 	SkbVarContractConfigFlag    = "__contract_config_flag"
 	SkbVarContractContainerFlag = "__contract_container_flag"
 	SkbVarContractCounter       = "__contract_counter"
 	SkbVarContractDirection     = "__contract_direction"
+	SkbVarContractFlowFlag      = "__contract_flow_flag"
 	SkbVarContractHook          = "__contract_hook"
 	SkbVarContractLocalPeer     = "__contract_local_peer"
 	SkbVarContractReason        = "__contract_reason"
@@ -338,6 +394,7 @@ type SkbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkbMapSpecs struct {
+	SwBound         *ebpf.MapSpec `ebpf:"sw_bound"`
 	SwCallsEgress   *ebpf.MapSpec `ebpf:"sw_calls_egress"`
 	SwCallsIngress  *ebpf.MapSpec `ebpf:"sw_calls_ingress"`
 	SwCidr4         *ebpf.MapSpec `ebpf:"sw_cidr4"`
@@ -346,14 +403,17 @@ type SkbMapSpecs struct {
 	SwConfig        *ebpf.MapSpec `ebpf:"sw_config"`
 	SwContainers    *ebpf.MapSpec `ebpf:"sw_containers"`
 	SwCounters      *ebpf.MapSpec `ebpf:"sw_counters"`
+	SwDenySeen      *ebpf.MapSpec `ebpf:"sw_deny_seen"`
+	SwEventBudget   *ebpf.MapSpec `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.MapSpec `ebpf:"sw_events"`
 	SwFlows         *ebpf.MapSpec `ebpf:"sw_flows"`
 	SwIdent4        *ebpf.MapSpec `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.MapSpec `ebpf:"sw_ident6"`
-	SwLocalPorts    *ebpf.MapSpec `ebpf:"sw_local_ports"`
+	SwPodPorts      *ebpf.MapSpec `ebpf:"sw_pod_ports"`
 	SwPods          *ebpf.MapSpec `ebpf:"sw_pods"`
 	SwPolicies      *ebpf.MapSpec `ebpf:"sw_policies"`
 	SwRules         *ebpf.MapSpec `ebpf:"sw_rules"`
+	SwSockBound     *ebpf.MapSpec `ebpf:"sw_sock_bound"`
 	SwSockCache     *ebpf.MapSpec `ebpf:"sw_sock_cache"`
 }
 
@@ -361,10 +421,12 @@ type SkbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkbVariableSpecs struct {
+	ContractBoundFlag     *ebpf.VariableSpec `ebpf:"__contract_bound_flag"`
 	ContractConfigFlag    *ebpf.VariableSpec `ebpf:"__contract_config_flag"`
 	ContractContainerFlag *ebpf.VariableSpec `ebpf:"__contract_container_flag"`
 	ContractCounter       *ebpf.VariableSpec `ebpf:"__contract_counter"`
 	ContractDirection     *ebpf.VariableSpec `ebpf:"__contract_direction"`
+	ContractFlowFlag      *ebpf.VariableSpec `ebpf:"__contract_flow_flag"`
 	ContractHook          *ebpf.VariableSpec `ebpf:"__contract_hook"`
 	ContractLocalPeer     *ebpf.VariableSpec `ebpf:"__contract_local_peer"`
 	ContractReason        *ebpf.VariableSpec `ebpf:"__contract_reason"`
@@ -394,6 +456,7 @@ func (o *SkbObjects) Close() error {
 //
 // It can be passed to LoadSkbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkbMaps struct {
+	SwBound         *ebpf.Map `ebpf:"sw_bound"`
 	SwCallsEgress   *ebpf.Map `ebpf:"sw_calls_egress"`
 	SwCallsIngress  *ebpf.Map `ebpf:"sw_calls_ingress"`
 	SwCidr4         *ebpf.Map `ebpf:"sw_cidr4"`
@@ -402,19 +465,23 @@ type SkbMaps struct {
 	SwConfig        *ebpf.Map `ebpf:"sw_config"`
 	SwContainers    *ebpf.Map `ebpf:"sw_containers"`
 	SwCounters      *ebpf.Map `ebpf:"sw_counters"`
+	SwDenySeen      *ebpf.Map `ebpf:"sw_deny_seen"`
+	SwEventBudget   *ebpf.Map `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.Map `ebpf:"sw_events"`
 	SwFlows         *ebpf.Map `ebpf:"sw_flows"`
 	SwIdent4        *ebpf.Map `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.Map `ebpf:"sw_ident6"`
-	SwLocalPorts    *ebpf.Map `ebpf:"sw_local_ports"`
+	SwPodPorts      *ebpf.Map `ebpf:"sw_pod_ports"`
 	SwPods          *ebpf.Map `ebpf:"sw_pods"`
 	SwPolicies      *ebpf.Map `ebpf:"sw_policies"`
 	SwRules         *ebpf.Map `ebpf:"sw_rules"`
+	SwSockBound     *ebpf.Map `ebpf:"sw_sock_bound"`
 	SwSockCache     *ebpf.Map `ebpf:"sw_sock_cache"`
 }
 
 func (m *SkbMaps) Close() error {
 	return _SkbClose(
+		m.SwBound,
 		m.SwCallsEgress,
 		m.SwCallsIngress,
 		m.SwCidr4,
@@ -423,14 +490,17 @@ func (m *SkbMaps) Close() error {
 		m.SwConfig,
 		m.SwContainers,
 		m.SwCounters,
+		m.SwDenySeen,
+		m.SwEventBudget,
 		m.SwEvents,
 		m.SwFlows,
 		m.SwIdent4,
 		m.SwIdent6,
-		m.SwLocalPorts,
+		m.SwPodPorts,
 		m.SwPods,
 		m.SwPolicies,
 		m.SwRules,
+		m.SwSockBound,
 		m.SwSockCache,
 	)
 }
@@ -439,10 +509,12 @@ func (m *SkbMaps) Close() error {
 //
 // It can be passed to LoadSkbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkbVariables struct {
+	ContractBoundFlag     *ebpf.Variable `ebpf:"__contract_bound_flag"`
 	ContractConfigFlag    *ebpf.Variable `ebpf:"__contract_config_flag"`
 	ContractContainerFlag *ebpf.Variable `ebpf:"__contract_container_flag"`
 	ContractCounter       *ebpf.Variable `ebpf:"__contract_counter"`
 	ContractDirection     *ebpf.Variable `ebpf:"__contract_direction"`
+	ContractFlowFlag      *ebpf.Variable `ebpf:"__contract_flow_flag"`
 	ContractHook          *ebpf.Variable `ebpf:"__contract_hook"`
 	ContractLocalPeer     *ebpf.Variable `ebpf:"__contract_local_peer"`
 	ContractReason        *ebpf.Variable `ebpf:"__contract_reason"`

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SockBoundPort struct {
+	_           structs.HostLayout
+	CgroupId    uint64
+	ContainerId uint32
+	Sockets     uint32
+	Flags       uint32
+	Pad         uint32
+}
+
 type SockCiliumIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -32,9 +41,13 @@ type SockCiliumRemoteEndpointInfo struct {
 }
 
 type SockConfig struct {
-	_     structs.HostLayout
-	Epoch uint64
-	Flags uint64
+	_               structs.HostLayout
+	Epoch           uint64
+	Flags           uint64
+	EventRate       uint32
+	EventBurst      uint32
+	DenyAggregateMs uint32
+	PodPortShare    uint32
 }
 
 type SockContainerInfo struct {
@@ -45,11 +58,18 @@ type SockContainerInfo struct {
 	Flags       uint32
 }
 
+type SockEventBudget struct {
+	_        structs.HostLayout
+	LastNs   uint64
+	CreditNs uint64
+	Dropped  uint64
+}
+
 type SockFlowInfo struct {
 	_           structs.HostLayout
 	FirstSeenNs uint64
 	PolicyId    uint32
-	Pad         uint32
+	Flags       uint32
 }
 
 type SockFlowKey struct {
@@ -97,6 +117,12 @@ type SockPodInfo struct {
 	Flags uint32
 }
 
+type SockPodPorts struct {
+	_        structs.HostLayout
+	Ports    uint32
+	Overflow uint32
+}
+
 type SockPolicyInfo struct {
 	_     structs.HostLayout
 	Plens [16]uint32
@@ -116,6 +142,11 @@ type SockRuleKey struct {
 	Port     uint16
 	Proto    uint8
 	Flags    uint8
+}
+
+type SockSockBound struct {
+	_   structs.HostLayout
+	Key SockLocalPortKey
 }
 
 type SockVerdictCache struct {
@@ -138,6 +169,7 @@ type SockVerdictCache struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SockMapSwBound            = "sw_bound"
 	SockMapSwCallsConnect4    = "sw_calls_connect4"
 	SockMapSwCallsConnect6    = "sw_calls_connect6"
 	SockMapSwCallsSendmsg4    = "sw_calls_sendmsg4"
@@ -148,21 +180,25 @@ const (
 	SockMapSwConfig           = "sw_config"
 	SockMapSwContainers       = "sw_containers"
 	SockMapSwCounters         = "sw_counters"
+	SockMapSwDenySeen         = "sw_deny_seen"
+	SockMapSwEventBudget      = "sw_event_budget"
 	SockMapSwEvents           = "sw_events"
 	SockMapSwFlows            = "sw_flows"
 	SockMapSwIdent4           = "sw_ident4"
 	SockMapSwIdent6           = "sw_ident6"
-	SockMapSwLocalPorts       = "sw_local_ports"
+	SockMapSwPodPorts         = "sw_pod_ports"
 	SockMapSwPods             = "sw_pods"
 	SockMapSwPolicies         = "sw_policies"
 	SockMapSwRules            = "sw_rules"
+	SockMapSwSockBound        = "sw_sock_bound"
 	SockMapSwSockCache        = "sw_sock_cache"
-	SockProgSwBind4           = "sw_bind4"
-	SockProgSwBind6           = "sw_bind6"
 	SockProgSwEntryConnect4   = "sw_entry_connect4"
 	SockProgSwEntryConnect6   = "sw_entry_connect6"
 	SockProgSwEntrySendmsg4   = "sw_entry_sendmsg4"
 	SockProgSwEntrySendmsg6   = "sw_entry_sendmsg6"
+	SockProgSwPostBind4       = "sw_post_bind4"
+	SockProgSwPostBind6       = "sw_post_bind6"
+	SockProgSwSockRelease     = "sw_sock_release"
 	SockProgSwVerdictConnect4 = "sw_verdict_connect4"
 	SockProgSwVerdictConnect6 = "sw_verdict_connect6"
 	SockProgSwVerdictSendmsg4 = "sw_verdict_sendmsg4"
@@ -211,12 +247,13 @@ type SockSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockProgramSpecs struct {
-	SwBind4           *ebpf.ProgramSpec `ebpf:"sw_bind4"`
-	SwBind6           *ebpf.ProgramSpec `ebpf:"sw_bind6"`
 	SwEntryConnect4   *ebpf.ProgramSpec `ebpf:"sw_entry_connect4"`
 	SwEntryConnect6   *ebpf.ProgramSpec `ebpf:"sw_entry_connect6"`
 	SwEntrySendmsg4   *ebpf.ProgramSpec `ebpf:"sw_entry_sendmsg4"`
 	SwEntrySendmsg6   *ebpf.ProgramSpec `ebpf:"sw_entry_sendmsg6"`
+	SwPostBind4       *ebpf.ProgramSpec `ebpf:"sw_post_bind4"`
+	SwPostBind6       *ebpf.ProgramSpec `ebpf:"sw_post_bind6"`
+	SwSockRelease     *ebpf.ProgramSpec `ebpf:"sw_sock_release"`
 	SwVerdictConnect4 *ebpf.ProgramSpec `ebpf:"sw_verdict_connect4"`
 	SwVerdictConnect6 *ebpf.ProgramSpec `ebpf:"sw_verdict_connect6"`
 	SwVerdictSendmsg4 *ebpf.ProgramSpec `ebpf:"sw_verdict_sendmsg4"`
@@ -227,6 +264,7 @@ type SockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockMapSpecs struct {
+	SwBound         *ebpf.MapSpec `ebpf:"sw_bound"`
 	SwCallsConnect4 *ebpf.MapSpec `ebpf:"sw_calls_connect4"`
 	SwCallsConnect6 *ebpf.MapSpec `ebpf:"sw_calls_connect6"`
 	SwCallsSendmsg4 *ebpf.MapSpec `ebpf:"sw_calls_sendmsg4"`
@@ -237,14 +275,17 @@ type SockMapSpecs struct {
 	SwConfig        *ebpf.MapSpec `ebpf:"sw_config"`
 	SwContainers    *ebpf.MapSpec `ebpf:"sw_containers"`
 	SwCounters      *ebpf.MapSpec `ebpf:"sw_counters"`
+	SwDenySeen      *ebpf.MapSpec `ebpf:"sw_deny_seen"`
+	SwEventBudget   *ebpf.MapSpec `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.MapSpec `ebpf:"sw_events"`
 	SwFlows         *ebpf.MapSpec `ebpf:"sw_flows"`
 	SwIdent4        *ebpf.MapSpec `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.MapSpec `ebpf:"sw_ident6"`
-	SwLocalPorts    *ebpf.MapSpec `ebpf:"sw_local_ports"`
+	SwPodPorts      *ebpf.MapSpec `ebpf:"sw_pod_ports"`
 	SwPods          *ebpf.MapSpec `ebpf:"sw_pods"`
 	SwPolicies      *ebpf.MapSpec `ebpf:"sw_policies"`
 	SwRules         *ebpf.MapSpec `ebpf:"sw_rules"`
+	SwSockBound     *ebpf.MapSpec `ebpf:"sw_sock_bound"`
 	SwSockCache     *ebpf.MapSpec `ebpf:"sw_sock_cache"`
 }
 
@@ -274,6 +315,7 @@ func (o *SockObjects) Close() error {
 //
 // It can be passed to LoadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockMaps struct {
+	SwBound         *ebpf.Map `ebpf:"sw_bound"`
 	SwCallsConnect4 *ebpf.Map `ebpf:"sw_calls_connect4"`
 	SwCallsConnect6 *ebpf.Map `ebpf:"sw_calls_connect6"`
 	SwCallsSendmsg4 *ebpf.Map `ebpf:"sw_calls_sendmsg4"`
@@ -284,19 +326,23 @@ type SockMaps struct {
 	SwConfig        *ebpf.Map `ebpf:"sw_config"`
 	SwContainers    *ebpf.Map `ebpf:"sw_containers"`
 	SwCounters      *ebpf.Map `ebpf:"sw_counters"`
+	SwDenySeen      *ebpf.Map `ebpf:"sw_deny_seen"`
+	SwEventBudget   *ebpf.Map `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.Map `ebpf:"sw_events"`
 	SwFlows         *ebpf.Map `ebpf:"sw_flows"`
 	SwIdent4        *ebpf.Map `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.Map `ebpf:"sw_ident6"`
-	SwLocalPorts    *ebpf.Map `ebpf:"sw_local_ports"`
+	SwPodPorts      *ebpf.Map `ebpf:"sw_pod_ports"`
 	SwPods          *ebpf.Map `ebpf:"sw_pods"`
 	SwPolicies      *ebpf.Map `ebpf:"sw_policies"`
 	SwRules         *ebpf.Map `ebpf:"sw_rules"`
+	SwSockBound     *ebpf.Map `ebpf:"sw_sock_bound"`
 	SwSockCache     *ebpf.Map `ebpf:"sw_sock_cache"`
 }
 
 func (m *SockMaps) Close() error {
 	return _SockClose(
+		m.SwBound,
 		m.SwCallsConnect4,
 		m.SwCallsConnect6,
 		m.SwCallsSendmsg4,
@@ -307,14 +353,17 @@ func (m *SockMaps) Close() error {
 		m.SwConfig,
 		m.SwContainers,
 		m.SwCounters,
+		m.SwDenySeen,
+		m.SwEventBudget,
 		m.SwEvents,
 		m.SwFlows,
 		m.SwIdent4,
 		m.SwIdent6,
-		m.SwLocalPorts,
+		m.SwPodPorts,
 		m.SwPods,
 		m.SwPolicies,
 		m.SwRules,
+		m.SwSockBound,
 		m.SwSockCache,
 	)
 }
@@ -329,12 +378,13 @@ type SockVariables struct {
 //
 // It can be passed to LoadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockPrograms struct {
-	SwBind4           *ebpf.Program `ebpf:"sw_bind4"`
-	SwBind6           *ebpf.Program `ebpf:"sw_bind6"`
 	SwEntryConnect4   *ebpf.Program `ebpf:"sw_entry_connect4"`
 	SwEntryConnect6   *ebpf.Program `ebpf:"sw_entry_connect6"`
 	SwEntrySendmsg4   *ebpf.Program `ebpf:"sw_entry_sendmsg4"`
 	SwEntrySendmsg6   *ebpf.Program `ebpf:"sw_entry_sendmsg6"`
+	SwPostBind4       *ebpf.Program `ebpf:"sw_post_bind4"`
+	SwPostBind6       *ebpf.Program `ebpf:"sw_post_bind6"`
+	SwSockRelease     *ebpf.Program `ebpf:"sw_sock_release"`
 	SwVerdictConnect4 *ebpf.Program `ebpf:"sw_verdict_connect4"`
 	SwVerdictConnect6 *ebpf.Program `ebpf:"sw_verdict_connect6"`
 	SwVerdictSendmsg4 *ebpf.Program `ebpf:"sw_verdict_sendmsg4"`
@@ -343,12 +393,13 @@ type SockPrograms struct {
 
 func (p *SockPrograms) Close() error {
 	return _SockClose(
-		p.SwBind4,
-		p.SwBind6,
 		p.SwEntryConnect4,
 		p.SwEntryConnect6,
 		p.SwEntrySendmsg4,
 		p.SwEntrySendmsg6,
+		p.SwPostBind4,
+		p.SwPostBind6,
+		p.SwSockRelease,
 		p.SwVerdictConnect4,
 		p.SwVerdictConnect6,
 		p.SwVerdictSendmsg4,

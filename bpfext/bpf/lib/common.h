@@ -56,6 +56,8 @@ enum reason {
 	REASON_NO_VERDICT = 11,  /* verdict program slot empty: fail closed */
 	REASON_MALFORMED = 12,   /* not IPv4/IPv6 */
 	REASON_SELF = 13,        /* pod-local traffic of a container to itself */
+	REASON_PORT_TAKEN = 14,  /* bind: the port is another container's (bound or declared) */
+	REASON_PORT_SHARE = 15,  /* bind: the pod's share of the port table is used up */
 	REASON_MAX = 16,
 };
 
@@ -63,6 +65,7 @@ enum hook {
 	HOOK_SKB = 0,
 	HOOK_CONNECT = 1,
 	HOOK_SENDMSG = 2,
+	HOOK_BIND = 3, /* cgroup/post_bind4|6: a bind refused */
 };
 
 /* container_info.flags */
@@ -141,13 +144,49 @@ struct ip6_addr {
 	__u8 addr[16];
 };
 
-/* (pod, proto, port) of a pod-local socket -> its cgroup, from bind() and
- * from the source port of pod-local packets. */
+/* (pod, proto, port): key of the bound-port table. */
 struct local_port_key {
 	__u32 pod_id;
 	__u16 port; /* host order */
 	__u8 proto;
 	__u8 pad;
+};
+
+/* bound_port.flags */
+enum bound_flag {
+	BP_RESERVED = 1 << 0,   /* declared in the owner's containerPorts (written by the agent) */
+	BP_RESTRICTED = 1 << 1, /* the owner is a restricted container */
+};
+
+/* Value of the bound-port table: which container holds (pod, proto, port).
+ * Written by cgroup/post_bind for binds that succeeded, never overwritten
+ * by another container, released when the owner's last socket on it closes
+ * (cgroup/sock_release). A reservation (BP_RESERVED, no sockets) is a port
+ * the pod spec declares for a container. */
+struct bound_port {
+	__u64 cgroup_id;    /* leaf cgroup of the owner's first socket; 0 = reserved only */
+	__u32 container_id; /* the owner's container id; 0 = not classified when bound */
+	__u32 sockets;      /* the owner's sockets counted on this port */
+	__u32 flags;
+	__u32 pad;
+};
+
+/* Per pod: ports in the bound table, against config.pod_port_share. */
+struct pod_ports {
+	__u32 ports;
+	__u32 overflow; /* a bind could not be recorded: restricted binds are refused */
+};
+
+/* Socket storage of a socket counted in the bound table. */
+struct sock_bound {
+	struct local_port_key key;
+};
+
+/* Per container (classified cgroup) and CPU: the event token bucket. */
+struct event_budget {
+	__u64 last_ns;
+	__u64 credit_ns; /* one event costs 1e9 / config.event_rate ns */
+	__u64 dropped;   /* events this container lost to its budget */
 };
 
 struct flow_key {
@@ -162,10 +201,14 @@ struct flow_key {
 	__u8 pad;
 };
 
+enum flow_flag {
+	FLOW_LOCAL = 1 << 0, /* decided as pod-local traffic */
+};
+
 struct flow_info {
 	__u64 first_seen_ns;
 	__u32 policy_id;
-	__u32 pad;
+	__u32 flags;
 };
 
 /* sw_config[0]: an epoch the Go side bumps on every map change, so cached
@@ -173,6 +216,10 @@ struct flow_info {
 struct config {
 	__u64 epoch;
 	__u64 flags;
+	__u32 event_rate;       /* events per second per container and CPU; 0 = no limit */
+	__u32 event_burst;      /* events a quiet container may send at once */
+	__u32 deny_aggregate_ms; /* repeated denies of one flow are reported once per interval; 0 = every one */
+	__u32 pod_port_share;   /* bound-table entries per pod; 0 = no limit */
 };
 
 enum config_flag {
@@ -226,6 +273,9 @@ enum counter {
 	/* 0 .. COUNTER_EVENTS_LOST-1: direction x verdict x reason */
 	COUNTER_EVENTS_LOST = 2 * 3 * REASON_MAX,
 	COUNTER_UNKNOWN_CGROUP = COUNTER_EVENTS_LOST + 1,
+	COUNTER_EVENTS_RATE_LIMITED = COUNTER_EVENTS_LOST + 2, /* over a container's budget */
+	COUNTER_EVENTS_AGGREGATED = COUNTER_EVENTS_LOST + 3,   /* repeats of a reported deny */
+	COUNTER_PORT_TABLE_FULL = COUNTER_EVENTS_LOST + 4,     /* a bind the table could not record */
 	COUNTERS_MAX = COUNTER_EVENTS_LOST + 8,
 };
 
@@ -240,6 +290,11 @@ enum counter {
 
 #define MAX_CGROUP_LEVEL 32
 
+/* Every network namespace's loopback device has this ifindex
+ * (LOOPBACK_IFINDEX, include/net/net_namespace.h). */
+#define LOOPBACK_IFINDEX 1
+#define PACKET_LOOPBACK 5 /* skb->pkt_type of a looped-back multicast/broadcast copy */
+
 /* bpf2go -type finds a type only in the object's BTF, and an enum that
  * only names constants has none: these unused declarations put each
  * contract enum there, so Go gets it generated (objs/gen.go). */
@@ -253,4 +308,6 @@ enum counter {
 	const enum rule_key_flag *__contract_rule_key_flag __attribute__((unused)); \
 	const enum local_peer *__contract_local_peer __attribute__((unused));      \
 	const enum counter *__contract_counter __attribute__((unused));           \
-	const enum config_flag *__contract_config_flag __attribute__((unused));
+	const enum config_flag *__contract_config_flag __attribute__((unused));    \
+	const enum bound_flag *__contract_bound_flag __attribute__((unused));      \
+	const enum flow_flag *__contract_flow_flag __attribute__((unused));

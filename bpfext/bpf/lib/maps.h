@@ -74,13 +74,52 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sw_policies SEC(".maps");
 
+/* Ports bound in each pod, by the container that holds them. A plain hash,
+ * not an LRU: an entry is removed when its sockets close, never evicted by
+ * another pod's binds; each pod may hold config.pod_port_share of them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct local_port_key);
+	__type(value, struct bound_port);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_bound SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* pod id */
+	__type(value, struct pod_ports);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_pod_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct sock_bound);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_sock_bound SEC(".maps");
+
+/* Event budgets per classified cgroup, per CPU (no lock needed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__type(key, __u64);
+	__type(value, struct event_budget);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_event_budget SEC(".maps");
+
+/* When a flow's deny was last reported, for aggregation. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct local_port_key);
-	__type(value, __u64); /* cgroup id of the socket's container */
+	__type(key, struct flow_key);
+	__type(value, __u64);
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sw_local_ports SEC(".maps");
+} sw_deny_seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -78,18 +78,21 @@ static __always_inline __u32 resolve_identity(__u8 family, const __u8 *addr)
 	return id ? *id : IDENTITY_WORLD;
 }
 
-/* Loopback, or the pod's own address: traffic that never leaves the pod. */
-static __always_inline int is_pod_local(__u8 family, const __u8 *addr, __u32 pod_id)
+/* Loopback, or the pod's own address: the socket hooks' view of pod-local,
+ * before any route exists. cgroup_skb decides pod-local from where the packet
+ * is really delivered instead (delivered_locally in cgroup_skb.c). */
+static __always_inline int is_pod_address(__u8 family, const __u8 *addr, __u32 pod_id)
 {
 	struct pod_info *pod;
 
+	/* 0.0.0.0 and :: as destinations mean this host to the kernel. */
 	if (family == 4) {
-		if (addr[0] == 127)
+		if (addr[0] == 127 || *(const __u32 *)addr == 0)
 			return 1;
 	} else {
 		const __u32 *w = (const __u32 *)addr;
 
-		if (w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1))
+		if (w[0] == 0 && w[1] == 0 && w[2] == 0 && (w[3] == bpf_htonl(1) || w[3] == 0))
 			return 1;
 	}
 	pod = bpf_map_lookup_elem(&sw_pods, &pod_id);
@@ -107,13 +110,22 @@ static __always_inline int is_pod_local(__u8 family, const __u8 *addr, __u32 pod
 	}
 }
 
-/* The container of the pod that owns (proto, port), or 0. */
-static __always_inline __u64 local_port_owner(__u32 pod_id, __u8 proto, __u16 port)
+/* Multicast, or IPv4 limited broadcast: a copy is looped back to the pod's
+ * own sockets (IP_MULTICAST_LOOP is on by default) as well as sent out. */
+static __always_inline int is_multicast_or_broadcast(__u8 family, const __u8 *addr)
+{
+	if (family == 4)
+		return (addr[0] & 0xf0) == 0xe0 || *(const __u32 *)addr == 0xffffffff;
+	return addr[0] == 0xff;
+}
+
+/* The container holding (proto, port) in the pod by the bound table, with
+ * the cgroup of its socket (0 when the port is only reserved). */
+static __always_inline struct bound_port *bound_lookup(__u32 pod_id, __u8 proto, __u16 port)
 {
 	struct local_port_key k = { .pod_id = pod_id, .port = port, .proto = proto };
-	__u64 *cg = bpf_map_lookup_elem(&sw_local_ports, &k);
 
-	return cg ? *cg : 0;
+	return bpf_map_lookup_elem(&sw_bound, &k);
 }
 
 static __always_inline __u32 local_container_id(__u64 cgid)
@@ -128,15 +140,25 @@ static __always_inline __u32 local_container_id(__u64 cgid)
 }
 
 /* Probes only the (peer, proto, port prefix) keys that the policy's masks
- * say exist: at most 4 x 17 hash lookups, usually one or two. */
-static __always_inline __u8 match_rules(__u32 policy_id, __u8 dir, __u8 local, __u32 peer,
-					__u8 proto, __u16 port, __u8 has_ports, __u32 *rule_id)
+ * say exist: at most 4 x 17 hash lookups, usually one or two. A global
+ * function: the verifier checks it once, not at every call site (the
+ * ingress verdict decides both ends of pod-local traffic). Packed:
+ * bit 0 direction, bit 1 pod-local, bit 2 has ports, bits 8-15 protocol,
+ * bits 16-31 port. */
+__attribute__((noinline)) int sw_match_rules(__u32 policy_id, __u32 peer, __u32 packed, __u32 *rule_id)
 {
+	__u8 dir = packed & 1, local = (packed >> 1) & 1, has_ports = (packed >> 2) & 1;
+	__u8 proto = (packed >> 8) & 0xff;
+	__u16 port = packed >> 16;
+
 	struct policy_info *pi = bpf_map_lookup_elem(&sw_policies, &policy_id);
 	struct rule_key k = { .policy_id = policy_id };
 	__u32 allow_id = 0;
 	__u8 acc = 0;
 
+	if (!rule_id)
+		return 0;
+	*rule_id = 0;
 	if (!pi)
 		return 0;
 	for (int combo = 0; combo < 4; combo++) {
@@ -192,7 +214,10 @@ static __always_inline void decide(const struct container_info *ci, __u8 dir, __
 		d->reason = REASON_SELF;
 		return;
 	}
-	a = match_rules(ci->policy_id, dir, local, peer, proto, port, has_ports, &rid);
+	a = sw_match_rules(ci->policy_id, peer,
+			   (__u32)(dir & 1) | ((__u32)(local & 1) << 1) | ((__u32)(has_ports & 1) << 2) |
+				   ((__u32)proto << 8) | ((__u32)port << 16),
+			   &rid);
 	d->rule_id = rid;
 	if (a & RA_DENY) {
 		d->verdict = VERDICT_DENY;
@@ -211,12 +236,91 @@ static __always_inline void decide(const struct container_info *ci, __u8 dir, __
 		d->verdict = VERDICT_AUDIT;
 }
 
+/* Whether an event may be sent: repeated denies of one flow (of one leaf
+ * cgroup) are reported once per config.deny_aggregate_ms, and each container (classified cgroup)
+ * has a token bucket per CPU, so one container cannot fill the ring buffer
+ * that every pod of the node shares. */
+__attribute__((noinline)) int sw_event_admitted(__u64 cgid, __u64 policy_cgroup, const struct tuple *t, __u32 packed,
+						 __u64 cookie)
+{
+	__u8 dir = packed & 1, new_flow = (packed >> 1) & 1, verdict = (packed >> 8) & 0xff, reason = packed >> 16;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&sw_config, &zero);
+	struct event_budget *b;
+	__u64 now, cost, cap, credit;
+
+	if (!cfg || !t)
+		return 1;
+	now = bpf_ktime_get_ns();
+	if (!new_flow && verdict != VERDICT_ALLOW && cfg->deny_aggregate_ms) {
+		struct flow_key k = {};
+		__u64 *last;
+
+		k.cgroup_id = cgid;
+		if (dir == DIR_EGRESS) {
+			__builtin_memcpy(k.local, t->saddr, 16);
+			__builtin_memcpy(k.remote, t->daddr, 16);
+			k.lport = t->sport;
+			k.rport = t->dport;
+		} else {
+			__builtin_memcpy(k.local, t->daddr, 16);
+			__builtin_memcpy(k.remote, t->saddr, 16);
+			k.lport = t->dport;
+			k.rport = t->sport;
+		}
+		k.proto = t->proto;
+		k.origin = dir;
+		k.family = t->family;
+		k.pad = reason;
+		/* The socket hooks know no source yet: each socket is its own flow. */
+		if (dir == DIR_EGRESS && t->sport == 0)
+			__builtin_memcpy(k.local, &cookie, sizeof(cookie));
+		last = bpf_map_lookup_elem(&sw_deny_seen, &k);
+		if (last && now - *last < (__u64)cfg->deny_aggregate_ms * 1000000ULL) {
+			count(COUNTER_EVENTS_AGGREGATED);
+			return 0;
+		}
+		bpf_map_update_elem(&sw_deny_seen, &k, &now, BPF_ANY);
+	}
+	if (!cfg->event_rate)
+		return 1;
+	cost = 1000000000ULL / cfg->event_rate;
+	cap = cost * (cfg->event_burst ? cfg->event_burst : 1);
+	b = bpf_map_lookup_elem(&sw_event_budget, &policy_cgroup);
+	if (!b) {
+		struct event_budget nb = { .last_ns = now, .credit_ns = cap };
+
+		bpf_map_update_elem(&sw_event_budget, &policy_cgroup, &nb, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&sw_event_budget, &policy_cgroup);
+		if (!b)
+			return 1;
+	}
+	credit = b->credit_ns + (now - b->last_ns);
+	if (credit > cap)
+		credit = cap;
+	b->last_ns = now;
+	if (credit < cost) {
+		b->credit_ns = credit;
+		b->dropped++;
+		count(COUNTER_EVENTS_RATE_LIMITED);
+		return 0;
+	}
+	b->credit_ns = credit - cost;
+	return 1;
+}
+
 static __always_inline void emit_event(__u8 hook, __u8 dir, __u64 cgid, __u64 policy_cgroup,
 				       __u64 cookie, const struct container_info *ci,
 				       const struct tuple *t, const struct decision *d, __u8 new_flow)
 {
-	struct event *e = bpf_ringbuf_reserve(&sw_events, sizeof(*e), 0);
+	struct event *e;
 
+	if (!sw_event_admitted(cgid, policy_cgroup, t,
+			       (__u32)(dir & 1) | ((__u32)(new_flow & 1) << 1) | ((__u32)d->verdict << 8) |
+				       ((__u32)d->reason << 16),
+			       cookie))
+		return;
+	e = bpf_ringbuf_reserve(&sw_events, sizeof(*e), 0);
 	if (!e) {
 		count(COUNTER_EVENTS_LOST);
 		return;

@@ -303,7 +303,9 @@ func (n *Node) DeletePolicy(name string) {
 
 // RunPod runs a pod with an "app" container and, with sidecar, a
 // "log-shipper" sidecar (an init container with restartPolicy Always).
-func (n *Node) RunPod(name string, labels map[string]string, sidecar bool) *localnode.Pod {
+// Each edit changes the pod spec before it is created (ports, security
+// context).
+func (n *Node) RunPod(name string, labels map[string]string, sidecar bool, edits ...func(*corev1.Pod)) *localnode.Pod {
 	n.t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: n.Namespace, Name: name, Labels: labels},
@@ -312,6 +314,9 @@ func (n *Node) RunPod(name string, labels map[string]string, sidecar bool) *loca
 	if sidecar {
 		always := corev1.ContainerRestartPolicyAlways
 		pod.Spec.InitContainers = []corev1.Container{{Name: "log-shipper", RestartPolicy: &always}}
+	}
+	for _, edit := range edits {
+		edit(pod)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
