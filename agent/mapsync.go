@@ -94,7 +94,6 @@ func (s *mapSync[K, V]) prune(desired map[K]V) ([]K, error) {
 
 func comparableEqual[V comparable](a, b V) bool { return a == b }
 
-
 // podEqual compares pod entries by what the pods map holds: the addresses.
 // Declared ports go to the bound-port table (Datapath.ReservePorts).
 func podEqual(a, b bpfext.Pod) bool {

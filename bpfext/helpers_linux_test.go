@@ -5,6 +5,7 @@ package bpfext
 
 import (
 	"github.com/cilium/ebpf"
+
 	"github.com/sidewall/sidewall/bpfext/objs"
 )
 

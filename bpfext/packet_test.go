@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
-	"sync"
 	"net/netip"
+	"sync"
 	"testing"
 
 	"github.com/sidewall/sidewall/bpfext/objs"
