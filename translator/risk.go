@@ -23,6 +23,7 @@ const (
 	RiskNetRaw       = "CAP_NET_RAW added"
 	RiskNetRawKept   = "CAP_NET_RAW not dropped (containerd grants it by default)"
 	RiskPtraceShared = "CAP_SYS_PTRACE added with shareProcessNamespace"
+	RiskSharedPID    = "shareProcessNamespace without a uid apart from the other containers (pidfd_getfd or ptrace of their sockets)"
 	RiskHostNetwork  = "hostNetwork"
 	RiskHostPID      = "hostPID"
 	RiskHostPathPfx  = "hostPath mount of "
@@ -125,10 +126,11 @@ func capDropped(drop []corev1.Capability, c string) bool {
 	return capAdded(drop, c)
 }
 
-// ContainerRiskReasons returns the breakout-risk reasons of one container
-// of pod, given its security context and volume mounts. The order is fixed:
-// privileged, capabilities, host namespaces, hostPath mounts, root.
-func ContainerRiskReasons(pod *corev1.Pod, sc *corev1.SecurityContext, mounts []corev1.VolumeMount) []string {
+// ContainerRiskReasons returns the breakout-risk reasons of the container
+// name of pod, given its security context and volume mounts. The order is
+// fixed: privileged, capabilities, shared PID namespace, host namespaces,
+// hostPath mounts, root.
+func ContainerRiskReasons(pod *corev1.Pod, name string, sc *corev1.SecurityContext, mounts []corev1.VolumeMount) []string {
 	var reasons []string
 	if sc != nil && sc.Privileged != nil && *sc.Privileged {
 		reasons = append(reasons, RiskPrivileged)
@@ -154,6 +156,14 @@ func ContainerRiskReasons(pod *corev1.Pod, sc *corev1.SecurityContext, mounts []
 			reasons = append(reasons, RiskPtraceShared)
 		}
 	}
+	// Without CAP_SYS_PTRACE, a process may still pidfd_getfd or ptrace
+	// another of its own uid (no Yama, or Yama's mode 0): one PID namespace
+	// for the pod lets the restricted container send through the app's
+	// sockets, as the app. Measured in agent/bypass (TestBypassRound2).
+	if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace &&
+		!capAdded(add, "SYS_PTRACE") && !capAdded(add, "ALL") && !uidApart(pod, name, sc) {
+		reasons = append(reasons, RiskSharedPID)
+	}
 	if pod.Spec.HostNetwork {
 		reasons = append(reasons, RiskHostNetwork)
 	}
@@ -176,6 +186,52 @@ func ContainerRiskReasons(pod *corev1.Pod, sc *corev1.SecurityContext, mounts []
 		reasons = append(reasons, RiskRootWritable)
 	}
 	return reasons
+}
+
+// effectiveUID is the uid a container runs as by its spec (the container's
+// runAsUser, else the pod's), -1 when the image decides.
+func effectiveUID(pod *corev1.Pod, sc *corev1.SecurityContext) int64 {
+	if sc != nil && sc.RunAsUser != nil {
+		return *sc.RunAsUser
+	}
+	if psc := pod.Spec.SecurityContext; psc != nil && psc.RunAsUser != nil {
+		return *psc.RunAsUser
+	}
+	return -1
+}
+
+// uidApart is true when the container name provably runs as a uid no other
+// container of the pod runs as, and cannot become another: a runAsUser
+// other than 0 with allowPrivilegeEscalation false (no setuid binary lifts
+// it), and a runAsUser on every other container that differs from it.
+func uidApart(pod *corev1.Pod, name string, sc *corev1.SecurityContext) bool {
+	uid := effectiveUID(pod, sc)
+	if uid <= 0 || sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		return false
+	}
+	apart := func(other string, osc *corev1.SecurityContext) bool {
+		if other == name {
+			return true
+		}
+		o := effectiveUID(pod, osc)
+		return o != -1 && o != uid
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if !apart(c.Name, c.SecurityContext) {
+			return false
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		if !apart(c.Name, c.SecurityContext) {
+			return false
+		}
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		if !apart(c.Name, c.SecurityContext) {
+			return false
+		}
+	}
+	return true
 }
 
 // runsAsRoot is true when the container may run as uid 0: runAsUser is 0,
@@ -209,7 +265,7 @@ func PodRisks(sel *v1alpha1.ContainerSelector, pod *corev1.Pod) []ContainerRisk 
 		if !sel.Selects(name, role) {
 			return
 		}
-		if reasons := ContainerRiskReasons(pod, sc, mounts); len(reasons) > 0 {
+		if reasons := ContainerRiskReasons(pod, name, sc, mounts); len(reasons) > 0 {
 			out = append(out, ContainerRisk{Pod: pod.Name, Container: name, Role: role, Reasons: reasons})
 		}
 	}

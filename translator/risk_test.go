@@ -40,6 +40,25 @@ func riskPod(name string) *corev1.Pod {
 
 func shipper(p *corev1.Pod) *corev1.Container { return &p.Spec.InitContainers[0] }
 
+// sharedPIDUIDs shares the pod's PID namespace and sets the uids of the
+// shipper and the app (nil: unset), or only the pod's runAsUser, and the
+// shipper's allowPrivilegeEscalation to false when noEscalation.
+func sharedPIDUIDs(shipperUID, appUID *int64, podUID bool, noEscalation bool) func(p *corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Spec.ShareProcessNamespace = ptr.To(true)
+		if podUID {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000)}
+		}
+		shipper(p).SecurityContext.RunAsUser = shipperUID
+		if noEscalation {
+			shipper(p).SecurityContext.AllowPrivilegeEscalation = ptr.To(false)
+		}
+		if appUID != nil {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: appUID}
+		}
+	}
+}
+
 func dropAll() *corev1.Capabilities {
 	return &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}
 }
@@ -101,7 +120,18 @@ var riskCases = []riskCase{
 		addCaps("SYS_PTRACE")(p)
 		p.Spec.ShareProcessNamespace = ptr.To(true)
 	}, want: []string{RiskPtraceShared}},
-	{name: "shared-pid-alone", pod: func(p *corev1.Pod) { p.Spec.ShareProcessNamespace = ptr.To(true) }},
+	// One PID namespace and nothing tells the uids apart: pidfd_getfd of
+	// the app's sockets needs no capability (TestBypassRound2).
+	{name: "shared-pid-alone", pod: func(p *corev1.Pod) { p.Spec.ShareProcessNamespace = ptr.To(true) }, want: []string{RiskSharedPID}},
+	{name: "shared-pid-uids-apart", pod: sharedPIDUIDs(ptr.To[int64](1000), ptr.To[int64](1001), false, true)},
+	{name: "shared-pid-same-uid", pod: sharedPIDUIDs(ptr.To[int64](1000), ptr.To[int64](1000), false, true), want: []string{RiskSharedPID}},
+	{name: "shared-pid-app-uid-unset", pod: sharedPIDUIDs(ptr.To[int64](1000), nil, false, true), want: []string{RiskSharedPID}},
+	{name: "shared-pid-pod-uid-for-both", pod: sharedPIDUIDs(nil, nil, true, true), want: []string{RiskSharedPID}},
+	{name: "shared-pid-escalation-allowed", pod: sharedPIDUIDs(ptr.To[int64](1000), ptr.To[int64](1001), false, false), want: []string{RiskSharedPID}},
+	{name: "shared-pid-root-sidecar", pod: func(p *corev1.Pod) {
+		sharedPIDUIDs(ptr.To[int64](0), ptr.To[int64](1001), false, true)(p)
+		shipper(p).SecurityContext.ReadOnlyRootFilesystem = ptr.To(true)
+	}, want: []string{RiskSharedPID}},
 	{name: "host-network", pod: func(p *corev1.Pod) { p.Spec.HostNetwork = true }, want: []string{RiskHostNetwork}},
 	{name: "host-pid", pod: func(p *corev1.Pod) { p.Spec.HostPID = true }, want: []string{RiskHostPID}},
 	{name: "docker-socket", pod: hostPathMount("/var/run/docker.sock"), want: []string{RiskHostPathPfx + "/var/run/docker.sock"}},

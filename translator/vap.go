@@ -157,9 +157,20 @@ func admissionVariables(sel *v1alpha1.ContainerSelector) []admissionv1.Variable 
 	caps = append(caps, fmt.Sprintf("(!%s && !%s.exists(d, d.upperAscii() in ['ALL', 'NET_RAW', 'CAP_NET_RAW']) ? [%q] : [])",
 		capAdded("NET_RAW"), drop, RiskNetRawKept))
 	caps = append(caps, fmt.Sprintf("(variables.sharePID && %s ? [%q] : [])", capAdded("SYS_PTRACE"), RiskPtraceShared))
+	// uidApart of risk.go: c runs as a uid of its own that it cannot leave.
+	uidOf := func(x string) string {
+		return fmt.Sprintf("%s.?securityContext.?runAsUser.orValue(object.spec.?securityContext.?runAsUser.orValue(-1))", x)
+	}
+	others := func(field string) string {
+		return fmt.Sprintf("object.spec.?%s.orValue([]).all(o, o.name == c.name || (%s != -1 && %s != %s))", field, uidOf("o"), uidOf("o"), uidOf("c"))
+	}
+	apart := fmt.Sprintf("(%s > 0 && c.?securityContext.?allowPrivilegeEscalation.orValue(true) == false && %s && %s && %s)",
+		uidOf("c"), others("initContainers"), others("containers"), others("ephemeralContainers"))
+	sharedPID := fmt.Sprintf("(variables.sharePID && !%s && !%s && !%s ? [%q] : [])", capAdded("SYS_PTRACE"), capAdded("ALL"), apart, RiskSharedPID)
 	reasons := strings.Join([]string{
 		fmt.Sprintf("(c.?securityContext.?privileged.orValue(false) ? [%q] : [])", RiskPrivileged),
 		fmt.Sprintf("(%s ? [%q] : %s)", capAdded("ALL"), RiskAllCaps, strings.Join(caps, " + ")),
+		sharedPID,
 		"variables.podReasons",
 		fmt.Sprintf("variables.riskyVolumes.filter(v, c.?volumeMounts.orValue([]).exists(m, m.name == v.name)).map(v, %q + v.hostPath.path)", RiskHostPathPfx),
 	}, " + ")
