@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -189,6 +191,11 @@ func New(cfg Config) (*Agent, error) {
 		hints:          map[types.UID]map[uint64]runtimeHint{},
 		attachFailed:   map[uint64]error{},
 		attachReported: map[uint64]bool{},
+	}
+	if err := cfg.Metrics.registry.Register(&budgetCollector{a: a, desc: prometheus.NewDesc("sidewall_events_rate_limited",
+		"Events a container's budget did not admit (recent: a quiet container's budget may be evicted), by container.",
+		[]string{"namespace", "pod", "container"}, nil)}); err != nil {
+		return nil, fmt.Errorf("register event budget metrics: %w", err)
 	}
 	a.tables = a.newTables()
 	return a, nil

@@ -52,6 +52,11 @@ type Options struct {
 	PinDir, BPFFSRoot string
 	// MaxEntries overrides map sizes when the maps are created (tests).
 	MaxEntries map[string]uint32
+	// EventRate, EventBurst, DenyAggregation and PodPortShare are the
+	// datapath's limits (bpfext.Options; zero values: its defaults).
+	EventRate, EventBurst int
+	DenyAggregation       time.Duration
+	PodPortShare          int
 
 	// Cgroups says where kubelet puts the pod cgroups.
 	Cgroups cgroups.Config
@@ -154,7 +159,10 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	dp, err := bpfext.Load(bpfext.Options{PinDir: o.PinDir, BPFFSRoot: o.BPFFSRoot, MaxEntries: o.MaxEntries, CiliumIPCache: ipc})
+	dp, err := bpfext.Load(bpfext.Options{
+		PinDir: o.PinDir, BPFFSRoot: o.BPFFSRoot, MaxEntries: o.MaxEntries, CiliumIPCache: ipc,
+		EventRate: o.EventRate, EventBurst: o.EventBurst, DenyAggregation: o.DenyAggregation, PodPortShare: o.PodPortShare,
+	})
 	if ipc != nil {
 		ipc.Close() // the datapath holds its own reference
 	}

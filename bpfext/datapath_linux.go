@@ -212,9 +212,13 @@ func load(opts Options) (*Datapath, error) {
 			}
 		}
 	}
-	if err := d.setLimits(rate, burst, aggregateMS, share); err != nil {
-		d.Close()
-		return nil, err
+	// Limits are the installing agent's: a load that keeps the verdicts
+	// (a reader of the pins) leaves them as they are.
+	if !opts.KeepVerdicts {
+		if err := d.setLimits(rate, burst, aggregateMS, share); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	// A new epoch: socket verdicts cached before this load are decided again.
 	if err := d.bumpEpoch(); err != nil {

@@ -305,6 +305,11 @@ func TestBypassRound2(t *testing.T) {
 		if budgets[floodCg] == 0 {
 			t.Errorf("the flooder's event budget dropped nothing after %d denies", sent)
 		}
+		rec := httptest.NewRecorder()
+		s.Agent.Agent.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if !strings.Contains(rec.Body.String(), `sidewall_events_rate_limited{container="log-shipper",namespace="`+s.Namespace+`",pod="flood"}`) {
+			t.Errorf("no sidewall_events_rate_limited metric names the flooder")
+		}
 		if c1.EventsLost != c0.EventsLost {
 			t.Errorf("ring buffer lost %d events during the flood: the budget did not protect it", c1.EventsLost-c0.EventsLost)
 		}

@@ -66,6 +66,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		resync       = flag.Duration("resync", agent.DefaultResync, "period of full reconciles")
 		allowLocal   = flag.String("allow-localhost", option.AllowLocalhostAuto, "as Cilium's: when the local host may reach a container restricted on ingress (kubelet probes): auto (always in Kubernetes), always, or policy (only by a rule)")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
+		eventRate    = flag.Int("event-rate", bpfext.DefaultEventRate, "events (flows) one container may send per second on each CPU; the rest are counted, not sent (negative: no limit)")
+		eventBurst   = flag.Int("event-burst", bpfext.DefaultEventBurst, "events a quiet container may send at once")
+		denyAgg      = flag.Duration("deny-aggregation", bpfext.DefaultDenyAggregation, "repeated denies of one flow are reported once per interval, as Cilium's monitor aggregation (negative: every deny)")
+		portShare    = flag.Int("pod-port-share", bpfext.DefaultPodPortShare, "bound ports one pod may hold in the node's port table; a restricted container gets no more (negative: no limit)")
 	)
 	if err := flag.Parse(args); err != nil {
 		return 2
@@ -113,6 +117,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		HubbleSocket: *hubbleSock, HubbleAddress: *hubbleAddr, MetricsAddress: metricsAddr,
 		IdentitySource: *idSource, ClusterName: *clusterName, Resync: *resync, Version: version, Logger: log,
 		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot, CRISocket: *criSocket,
+		EventRate: *eventRate, EventBurst: *eventBurst, DenyAggregation: *denyAgg, PodPortShare: *portShare,
 	})
 	if err == nil {
 		err = n.Wait()
