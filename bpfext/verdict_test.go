@@ -194,7 +194,7 @@ func TestVerdictTable(t *testing.T) {
 	// Pod-local: delivered over loopback. No socket of the test's
 	// namespace holds these ports, so the peer container is unknown and
 	// only wildcard pod-local rules could allow (with real sockets:
-	// TestPodLocalByDelivery).
+	// TestRealTraffic, "pod-local by real delivery").
 	localCases := []verdictCase{
 		{"pod-local egress to a port no socket holds", cgSidecar, SlotEgress, packet("127.0.0.1", "127.0.0.1", tcp, 40000, 9091), false,
 			ck(Egress, Deny, ReasonDefaultDeny), &wantEvent{Deny, ReasonDefaultDeny, 0, 0xffffffff, true, false}},
