@@ -4,10 +4,13 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sidewall/sidewall/bpfext/objs"
 )
 
 // Cgroup ids of the table tests. The verdict program reads the
@@ -249,5 +252,74 @@ func checkEvent(t *testing.T, rd *EventReader, cg uint64, want *wantEvent) {
 		(want.peer != 0 && e.PeerIdentity != want.peer) || e.Local != want.local || e.NewFlow != want.newFlow {
 		t.Errorf("event %s (policy cgroup %d)\nwant verdict=%s reason=%s rule=%d peer=%d local=%t new=%t cgroup=%d",
 			e, e.PolicyCgroupID, want.verdict, want.reason, want.rule, want.peer, want.local, want.newFlow, cg)
+	}
+}
+
+// Flooding the flow map (an LRU) evicts the flooder's own reply
+// allowances, and a reply whose flow was evicted is decided again by the
+// rules: denied on a restricted ingress (fail closed), never allowed.
+func TestFlowMapFloodFailsClosed(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(DefaultBPFFSRoot, uniqueName("sidewall-test-"))
+	d, err := Load(Options{PinDir: dir, MaxEntries: map[string]uint32{MapEvents: 1 << 20, MapFlows: 256}})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Unpin(); err != nil {
+			t.Errorf("unpin: %v", err)
+		}
+		d.Close()
+	})
+	setupPolicy(t, d)
+	tcp := ProtoTCP
+	out := packet("10.1.0.5", "10.0.0.1", tcp, 30001, 8080)
+	reply := packet("10.0.0.1", "10.1.0.5", tcp, 8080, 30001)
+	if runVerdict(t, d.VerdictProgram(SlotEgress), skbContext(t, d, cgSidecar), out) != 1 {
+		t.Fatal("the sidecar's allowed flow was denied")
+	}
+	var fk objs.SkbFlowKey
+	fk.CgroupId, fk.Lport, fk.Rport, fk.Proto, fk.Origin, fk.Family = cgSidecar, 30001, 8080, tcp, uint8(Egress), 4
+	copy(fk.Local[:], netip.MustParseAddr("10.1.0.5").AsSlice())
+	copy(fk.Remote[:], netip.MustParseAddr("10.0.0.1").AsSlice())
+	var fi objs.SkbFlowInfo
+	if err := d.skb.SwFlows.Lookup(&fk, &fi); err != nil {
+		t.Fatalf("the allowed flow's entry is not in the flow map: %v", err)
+	}
+	// No reply yet: the flow's entry is not referenced, so the LRU evicts
+	// it first (an entry in use stays: the flood cannot push out a flow that
+	// is active, only idle ones).
+	for port := uint16(31000); port < 31000+4096; port++ {
+		if runVerdict(t, d.VerdictProgram(SlotEgress), skbContext(t, d, cgSidecar), packet("10.1.0.5", "10.0.0.1", tcp, port, 8080)) != 1 {
+			t.Fatalf("flood flow from port %d denied", port)
+		}
+	}
+	n, err := d.MapEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n[MapFlows] > 256 {
+		t.Fatalf("flow map holds %d entries, more than its 256", n[MapFlows])
+	}
+	if err := d.skb.SwFlows.Lookup(&fk, &fi); err == nil {
+		t.Fatal("the idle flow survived a flood of 16 times the map's size: nothing to test")
+	}
+	before, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runVerdict(t, d.VerdictProgram(SlotIngress), skbContext(t, d, cgSidecar), reply) != 0 {
+		t.Fatal("after the flood, the reply of an evicted flow passed the restricted ingress: the flood failed open")
+	}
+	after, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Get(Ingress, Deny, ReasonDefaultDeny) != before.Get(Ingress, Deny, ReasonDefaultDeny)+1 {
+		t.Error("the evicted flow's reply was not decided by the rules (ingress default-deny)")
+	}
+	// The egress side re-decides by the rules too, and the rules allow it.
+	if runVerdict(t, d.VerdictProgram(SlotEgress), skbContext(t, d, cgSidecar), out) != 1 {
+		t.Error("after the flood, the allowed flow's next packet was denied")
 	}
 }

@@ -2,6 +2,7 @@ package bypass
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -48,6 +49,10 @@ func runHelper2(op string, a []string) bool {
 		stealFD(a[0], a[1], a[2])
 	case "udpecho4": // an IPv4-only UDP echo server on PORT
 		udpEcho4(a[0])
+	case "udpcount": // count datagrams on PORT by payload for SECONDS
+		udpCount(a[0], a[1])
+	case "udpstream": // send PAYLOAD to ADDR every millisecond for SECONDS
+		udpStream(a[0], a[1], a[2])
 	case "udplite":
 		report(op, sendProto(unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE, a[0]), "")
 	case "mptcp":
@@ -366,4 +371,52 @@ func udpEcho4(port string) {
 		}
 		_, _ = pc.WriteTo(buf[:n], from)
 	}
+}
+
+func udpCount(port, seconds string) {
+	secs, _ := strconv.Atoi(seconds)
+	pc, err := net.ListenPacket("udp4", ":"+port)
+	if err != nil {
+		report("count", err, "")
+		return
+	}
+	defer pc.Close()
+	fmt.Println(readyLine)
+	counts := map[string]int{}
+	buf := make([]byte, 1500)
+	_ = pc.SetDeadline(time.Now().Add(time.Duration(secs) * time.Second))
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			break
+		}
+		counts[string(buf[:n])]++
+	}
+	b, _ := json.Marshal(counts)
+	report("count", nil, string(b))
+}
+
+func udpStream(addr, payload, seconds string) {
+	secs, _ := strconv.Atoi(seconds)
+	ap, err := netipAddrPort(addr)
+	if err != nil {
+		report("stream", err, "")
+		return
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		report("stream", err, "")
+		return
+	}
+	defer unix.Close(fd)
+	fmt.Println(readyLine)
+	sent, denied := 0, 0
+	for end := time.Now().Add(time.Duration(secs) * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if err := unix.Sendto(fd, []byte(payload), 0, sockaddr4(ap.Addr().String(), int(ap.Port()))); err != nil {
+			denied++
+		} else {
+			sent++
+		}
+	}
+	report("stream", nil, fmt.Sprintf("%d %d", sent, denied))
 }

@@ -2,6 +2,7 @@ package bypass
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http/httptest"
@@ -347,5 +348,49 @@ func TestBypassRound2(t *testing.T) {
 	t.Run("keep holding: TCP Fast Open", func(t *testing.T) {
 		wantOK(t, "TFO to peer-b:8080", s.attack(web, "app", "tfo", bTCP)["tfo"])
 		wantEPERM(t, "TFO to peer-b:8080", s.attack(web, "log-shipper", "tfo", bTCP)["tfo"])
+	})
+
+	// Last: it restarts the agent.
+	t.Run("keep holding: policy rewrites and an agent restart under a continuous denied stream", func(t *testing.T) {
+		recv := s.start(b, "app", "udpcount", "8090", "12")
+		ready(t, recv)
+		target := net.JoinHostPort(b.IP.String(), "8090")
+		s.attack(web, "app", "udpstream", target, "app", "1") // control: the receiver counts
+		stream := s.start(web, "log-shipper", "udpstream", target, "sidecar", "8")
+		ready(t, stream)
+		// Rewrites: the world grant is replaced by a peer-b TCP grant and back.
+		narrowed := strings.Replace(worldPolicy, "  - toEntities: [world]\n",
+			"  - toEndpoints: [{matchLabels: {app: b}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n", 1)
+		for i := 0; i < 3; i++ {
+			s.ApplyPolicy(narrowed)
+			time.Sleep(300 * time.Millisecond)
+			s.ApplyPolicy(worldPolicy)
+			time.Sleep(300 * time.Millisecond)
+		}
+		s.StopAgent()
+		time.Sleep(time.Second)
+		s.StartAgent()
+		select {
+		case <-stream.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("stream did not finish")
+		}
+		s.attack(web, "app", "udpstream", target, "app", "1")
+		select {
+		case <-recv.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("receiver did not finish")
+		}
+		counts := map[string]int{}
+		if err := json.Unmarshal([]byte(parseSteps(t, recv.Output())["count"].Reply), &counts); err != nil {
+			t.Fatalf("receiver: %v: %s", err, recv.Output())
+		}
+		t.Logf("peer-b received %v; the sidecar's stream (sent, refused): %s", counts, parseSteps(t, stream.Output())["stream"].Reply)
+		if counts["app"] == 0 {
+			t.Errorf("control: peer-b received nothing from the app: %v", counts)
+		}
+		if counts["sidecar"] != 0 {
+			t.Errorf("%d of the sidecar's denied datagrams reached peer-b during the rewrites and the restart", counts["sidecar"])
+		}
 	})
 }
