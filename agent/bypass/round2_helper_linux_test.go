@@ -2,13 +2,17 @@ package bypass
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +57,10 @@ func runHelper2(op string, a []string) bool {
 		udpCount(a[0], a[1])
 	case "udpstream": // send PAYLOAD to ADDR every millisecond for SECONDS
 		udpStream(a[0], a[1], a[2])
+	case "srh": // UDP to DST through the segment SEG (an SRH, IPV6_RTHDR)
+		report(op, srhSend(a[0], a[1]), "")
+	case "uring": // TCP connect to ADDR through io_uring, MODE normal or sqpoll
+		report(op, uringConnect(a[0], a[1] == "sqpoll"), "")
 	case "udplite":
 		report(op, sendProto(unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE, a[0]), "")
 	case "mptcp":
@@ -419,4 +427,124 @@ func udpStream(addr, payload, seconds string) {
 		}
 	}
 	report("stream", nil, fmt.Sprintf("%d %d", sent, denied))
+}
+
+// srhSend sends a UDP datagram to dst (an [ip6]:port) with a segment
+// routing header through seg, set with IPV6_RTHDR: unprivileged.
+func srhSend(dst, seg string) error {
+	ap, err := netipAddrPort(dst)
+	if err != nil {
+		return err
+	}
+	segIP := net.ParseIP(seg).To16()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	// struct ipv6_sr_hdr: nexthdr, hdrlen (8-octet units after the first
+	// 8), type 4, segments_left, last_entry, flags, tag; then the
+	// segments, the final destination first.
+	srh := []byte{0, 4, 4, 1, 1, 0, 0, 0}
+	final := ap.Addr().As16()
+	srh = append(srh, final[:]...)
+	srh = append(srh, segIP...)
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srh)); err != nil {
+		return fmt.Errorf("setsockopt IPV6_RTHDR: %w", err)
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: final}
+	return unix.Sendto(fd, []byte("bypass\n"), 0, sa)
+}
+
+// uringConnect connects a TCP socket to addr with an io_uring
+// IORING_OP_CONNECT, submitted by this task or, with sqpoll, by the ring's
+// kernel thread, and returns the completion's error.
+func uringConnect(addr string, sqpoll bool) error {
+	ap, err := netipAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(sock)
+	var params [120]byte // struct io_uring_params
+	if sqpoll {
+		binary.NativeEndian.PutUint32(params[8:], 1<<1)  // flags: IORING_SETUP_SQPOLL
+		binary.NativeEndian.PutUint32(params[16:], 2000) // sq_thread_idle, ms
+	}
+	r, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 4, uintptr(unsafe.Pointer(&params[0])), 0)
+	if errno != 0 {
+		return fmt.Errorf("io_uring_setup: %w", errno)
+	}
+	ring := int(r)
+	defer unix.Close(ring)
+	u32 := func(off int) uint32 { return binary.NativeEndian.Uint32(params[off:]) }
+	sqEntries, cqEntries := u32(0), u32(4)
+	sqOff, cqOff := 40, 80 // struct io_sqring_offsets, io_cqring_offsets
+	sqRing, err := unix.Mmap(ring, 0, int(u32(sqOff+24)+sqEntries*4), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("mmap sq ring: %w", err)
+	}
+	defer unix.Munmap(sqRing)
+	cqRing, err := unix.Mmap(ring, 0x8000000, int(u32(cqOff+20)+cqEntries*16), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("mmap cq ring: %w", err)
+	}
+	defer unix.Munmap(cqRing)
+	sqes, err := unix.Mmap(ring, 0x10000000, int(sqEntries*64), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("mmap sqes: %w", err)
+	}
+	defer unix.Munmap(sqes)
+
+	sa := make([]byte, 16) // struct sockaddr_in
+	binary.NativeEndian.PutUint16(sa[0:], unix.AF_INET)
+	binary.BigEndian.PutUint16(sa[2:], ap.Port())
+	a4 := ap.Addr().As4()
+	copy(sa[4:], a4[:])
+	sqe := sqes[:64]
+	clear(sqe)
+	sqe[0] = 16 // IORING_OP_CONNECT
+	binary.NativeEndian.PutUint32(sqe[4:], uint32(sock))
+	binary.NativeEndian.PutUint64(sqe[8:], uint64(len(sa)))                          // off: addrlen
+	binary.NativeEndian.PutUint64(sqe[16:], uint64(uintptr(unsafe.Pointer(&sa[0])))) // addr
+	binary.NativeEndian.PutUint64(sqe[32:], 7)                                       // user_data
+
+	at := func(b []byte, off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&b[off])) }
+	mask := *at(sqRing, u32(sqOff+8))
+	tail := atomic.LoadUint32(at(sqRing, u32(sqOff+4)))
+	*at(sqRing, u32(sqOff+24)+(tail&mask)*4) = 0 // array[tail] = sqe 0
+	atomic.StoreUint32(at(sqRing, u32(sqOff+4)), tail+1)
+	flags := uintptr(1) // IORING_ENTER_GETEVENTS
+	toSubmit := uintptr(1)
+	if sqpoll {
+		toSubmit = 0                                             // the kernel thread submits
+		if atomic.LoadUint32(at(sqRing, u32(sqOff+16)))&1 != 0 { // IORING_SQ_NEED_WAKEUP
+			flags |= 2 // IORING_ENTER_SQ_WAKEUP
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(ring), toSubmit, 1, flags, 0, 0); errno != 0 && errno != unix.EINTR {
+			return fmt.Errorf("io_uring_enter: %w", errno)
+		}
+		toSubmit = 0
+		head, ctail := atomic.LoadUint32(at(cqRing, u32(cqOff))), atomic.LoadUint32(at(cqRing, u32(cqOff+4)))
+		if head != ctail {
+			cqe := cqRing[u32(cqOff+20)+(head&*at(cqRing, u32(cqOff+8)))*16:]
+			res := int32(binary.NativeEndian.Uint32(cqe[8:]))
+			atomic.StoreUint32(at(cqRing, u32(cqOff)), head+1)
+			runtime.KeepAlive(sa)
+			if res < 0 {
+				return unix.Errno(-res)
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return unix.ETIMEDOUT
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

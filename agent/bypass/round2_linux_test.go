@@ -350,6 +350,21 @@ func TestBypassRound2(t *testing.T) {
 		wantEPERM(t, "TFO to peer-b:8080", s.attack(web, "log-shipper", "tfo", bTCP)["tfo"])
 	})
 
+	t.Run("keep holding: IPv6 extension headers, a segment routing header", func(t *testing.T) {
+		// flood's sidecar may reach nothing but peer-b's TCP 8080.
+		nsRun(t, flood.NetNSName, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0")
+		nsRun(t, flood.NetNSName, "ip", "-6", "addr", "add", "fd5e:77::1/64", "dev", "eth0", "nodad")
+		wantOK(t, "UDP with an SRH", s.attack(flood, "app", "srh", "[fd5e:77::2]:8081", "fd5e:77::3")["srh"])
+		wantEPERM(t, "UDP with an SRH through another segment", s.attack(flood, "log-shipper", "srh", "[fd5e:77::2]:8081", "fd5e:77::3")["srh"])
+	})
+
+	t.Run("keep holding: io_uring, normal and SQPOLL", func(t *testing.T) {
+		for _, mode := range []string{"normal", "sqpoll"} {
+			wantOK(t, "io_uring ("+mode+") connect to peer-b:8080", s.attack(web, "app", "uring", bTCP, mode)["uring"])
+			wantEPERM(t, "io_uring ("+mode+") connect to peer-b:8080", s.attack(web, "log-shipper", "uring", bTCP, mode)["uring"])
+		}
+	})
+
 	// Last: it restarts the agent.
 	t.Run("keep holding: policy rewrites and an agent restart under a continuous denied stream", func(t *testing.T) {
 		recv := s.start(b, "app", "udpcount", "8090", "12")
