@@ -187,6 +187,11 @@ func TestBypass(t *testing.T) {
 	s.listen(b, "app", "tcp", 8080)
 	s.listen(b, "app", "udp", 8081)
 	web := s.runPod("web", "web", true)
+	// The app's own port, reachable over loopback. Bound before any policy,
+	// so before the agent attaches the pod: no bind hook saw it, and the
+	// socket hooks find its holder by looking the listener up
+	// (TestBypassRound2 binds after the attachment).
+	s.listen(web, "app", "tcp", 9090)
 	bTCP := net.JoinHostPort(b.IP.String(), "8080")
 	bUDP := net.JoinHostPort(b.IP.String(), "8081")
 
@@ -213,13 +218,6 @@ func TestBypass(t *testing.T) {
 	if _, err := s.Local.Dial(context.Background(), web, "log-shipper", "tcp", net.JoinHostPort(a.IP.String(), "8080"), 2*time.Second); err != nil {
 		t.Fatalf("the sidecar's allowed connection to peer-a:8080 failed: %v", err)
 	}
-	// The app's own port, reachable over loopback. Bound once the pod is
-	// attached, as a container of a pod the agent attached at creation
-	// binds: post_bind records it as the app's, and a sidecar's connect to
-	// it fails at once with EPERM. (A socket bound before the attachment has
-	// no recorded holder: cgroup_skb still denies by the socket the packet
-	// is delivered to, as a dropped SYN.)
-	s.listen(web, "app", "tcp", 9090)
 
 	t.Run("socket opened before the policy", func(t *testing.T) {
 		before := s.counters()

@@ -30,6 +30,42 @@ CALLS(sw_calls_connect6);
 CALLS(sw_calls_sendmsg4);
 CALLS(sw_calls_sendmsg6);
 
+/* The kernel's own structs, as far as a socket's cgroup id: read through
+ * BTF (CO-RE), since the socket hooks may not call bpf_sk_cgroup_id. */
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_cgroup_data sk_cgrp_data;
+} __attribute__((preserve_access_index));
+
+/* The cgroup id of a TCP socket found by bpf_sk_lookup_tcp, 0 if unknown. */
+static __always_inline __u64 sk_cgroup_id_core(struct bpf_sock *bs)
+{
+	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(bs);
+	struct cgroup *cg;
+	struct kernfs_node *kn;
+
+	if (!sk)
+		return 0;
+	cg = sk->sk_cgrp_data.cgroup;
+	if (!cg)
+		return 0;
+	kn = cg->kn;
+	if (!kn)
+		return 0;
+	return kn->id;
+}
+
 static __always_inline __u64 classify_current(struct container_info **out)
 {
 	__u64 leaf = bpf_get_current_cgroup_id();
@@ -112,12 +148,44 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 	if (local) {
 		struct bound_port *bp = bound_lookup(ci.pod_id, t.proto, t.dport);
 
-		/* No socket of the pod is known to hold the port: cgroup_skb
-		 * decides by the socket the packet is really delivered to. */
-		if (!bp || !bp->sockets || !bp->cgroup_id)
+		if (bp && bp->sockets && bp->cgroup_id) {
+			owner = bp->cgroup_id;
+			peer = bp->container_id ? bp->container_id : local_container_id(owner);
+		} else if (t.proto == IPPROTO_TCP && t.family == 4) {
+			/* A listener bound before the pod was attached has no entry:
+			 * find it as the kernel will, and read its cgroup. */
+			struct bpf_sock_tuple st = {};
+			struct bpf_sock *sk;
+
+			st.ipv4.daddr = *(__u32 *)t.daddr;
+			st.ipv4.dport = bpf_htons(t.dport);
+			sk = bpf_sk_lookup_tcp(ctx, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+			if (!sk)
+				return 1;
+			owner = sk_cgroup_id_core(sk);
+			bpf_sk_release(sk);
+			if (!owner || !container_lookup(owner))
+				return 1;
+			peer = local_container_id(owner);
+		} else if (t.proto == IPPROTO_TCP) {
+			struct bpf_sock_tuple st = {};
+			struct bpf_sock *sk;
+
+			__builtin_memcpy(st.ipv6.daddr, t.daddr, 16);
+			st.ipv6.dport = bpf_htons(t.dport);
+			sk = bpf_sk_lookup_tcp(ctx, &st, sizeof(st.ipv6), BPF_F_CURRENT_NETNS, 0);
+			if (!sk)
+				return 1;
+			owner = sk_cgroup_id_core(sk);
+			bpf_sk_release(sk);
+			if (!owner || !container_lookup(owner))
+				return 1;
+			peer = local_container_id(owner);
+		} else {
+			/* No socket of the pod is known to hold the port: cgroup_skb
+			 * decides by the socket the packet is really delivered to. */
 			return 1;
-		owner = bp->cgroup_id;
-		peer = bp->container_id ? bp->container_id : local_container_id(owner);
+		}
 	} else {
 		peer = resolve_identity(t.family, t.daddr);
 	}
