@@ -80,7 +80,7 @@ func (a *Agent) ToObserverEvent(st *State, ev bpfext.Event) *hubble.Event {
 	oe := &hubble.Event{
 		CgroupID: ev.CgroupID, SocketCookie: ev.SocketCookie,
 		SrcIP: ev.Src, DstIP: ev.Dst, Proto: ev.Protocol, SrcPort: ev.SrcPort, DstPort: ev.DstPort,
-		Reason: ev.Reason.String(), Match: hubble.MatchNone,
+		Reason: ev.Reason.String(), Hook: ev.Hook.String(), Match: hubble.MatchNone,
 	}
 	switch ev.Direction {
 	case bpfext.Egress:

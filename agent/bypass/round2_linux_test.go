@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/bpfext"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 )
@@ -246,6 +247,7 @@ func TestBypassRound2(t *testing.T) {
 
 	t.Run("bind and SO_REUSEPORT: the app's ports stay the app's", func(t *testing.T) {
 		ev := s.denies("web2", "log-shipper")
+		hub := s.followHubble(t, "--pod", s.Namespace+"/web2", "--verdict", "DROPPED")
 		// 9091 is declared by the app and not bound yet: a sidecar that
 		// starts first must not take it.
 		wantEPERM(t, "bind of the app's declared, unbound TCP 9091", s.attack(web, "log-shipper", "bindport", "tcp", "9091")["bind"])
@@ -257,6 +259,20 @@ func TestBypassRound2(t *testing.T) {
 		// Its own free port is the sidecar's.
 		wantOK(t, "bind of a free port (sidecar)", s.attack(web, "log-shipper", "bindport", "udp", "7001")["bind"])
 		s.waitDenies(t, "web2", "log-shipper", ev)
+		// The refused bind is a flow in Hubble: to the sidecar that tried,
+		// from the container that holds (here: declares) the port.
+		container := "k8s:" + hubble.ContainerLabel + "="
+		fl := hub.wait(t, "the refused bind of 9091", func(f hubbleFlow) bool {
+			return f.ext("hook") == "bind" && f.dport() == 9091
+		})
+		if fl.ext("reason") != "port-taken" || fl.ext("container") != "log-shipper" ||
+			!hasLabel(fl.Flow.Destination.Labels, container+"log-shipper") || !hasLabel(fl.Flow.Source.Labels, container+"app") {
+			t.Errorf("the refused bind's flow: reason %q, container %q, from %v to %v; want port-taken, to log-shipper from app",
+				fl.ext("reason"), fl.ext("container"), fl.Flow.Source.Labels, fl.Flow.Destination.Labels)
+		}
+		hub.wait(t, "the refused SO_REUSEPORT join of 9092", func(f hubbleFlow) bool {
+			return f.ext("hook") == "bind" && f.dport() == 9092 && f.ext("reason") == "port-taken"
+		})
 	})
 
 	t.Run("one container cannot exhaust node-wide state", func(t *testing.T) {
@@ -276,12 +292,16 @@ func TestBypassRound2(t *testing.T) {
 		// Events: the flooder sends denied datagrams as fast as it can,
 		// each to a new port; web2's one deny must still reach Hubble.
 		c0 := s.counters()
+		hub := s.followHubble(t, "--pod", s.Namespace+"/web2", "--verdict", "DROPPED")
 		fl := s.start(flood, "log-shipper", "udpflood", b.IP.String(), "3")
 		ready(t, fl)
 		time.Sleep(500 * time.Millisecond)
 		ev := s.denies("web2", "log-shipper")
 		wantEPERM(t, "web2 sidecar's one denied connect during the event flood", s.attack(web, "log-shipper", "tcp", net.JoinHostPort(b.IP.String(), "9999"))["connect"])
 		s.waitDenies(t, "web2", "log-shipper", ev)
+		hub.wait(t, "web2's deny during the event flood", func(f hubbleFlow) bool {
+			return f.dport() == 9999 && f.Flow.Source.PodName == "web2" && f.ext("container") == "log-shipper"
+		})
 		select {
 		case <-fl.Done():
 		case <-time.After(20 * time.Second):

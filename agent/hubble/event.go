@@ -154,7 +154,12 @@ type Event struct {
 	// Reason says why, in the datapath's words (e.g. "unclassified" for a
 	// fail-closed deny of a container not yet classified); it is shown in
 	// the flow's extensions.
-	Reason      string
+	Reason string
+	// Hook is the datapath's attach point that decided ("cgroup_skb",
+	// "connect", "sendmsg", "bind"); it is shown in the extensions. A bind
+	// refused because another container holds the port is an ingress flow
+	// to the container that tried, from the port's holder.
+	Hook        string
 	Match       MatchType
 	Policy      Policy
 	Source      Endpoint
@@ -385,6 +390,9 @@ func extensions(ev *Event) (*anypb.Any, error) {
 	}
 	if ev.Reason != "" {
 		fields["reason"] = ev.Reason
+	}
+	if ev.Hook != "" {
+		fields["hook"] = ev.Hook
 	}
 	if ev.Policy.ID != 0 {
 		fields["policyID"] = float64(ev.Policy.ID)

@@ -183,7 +183,7 @@ func testEvents(now time.Time) []*Event {
 			Time: now.Add(-50 * time.Second), CgroupID: 9002, SocketCookie: 3, Direction: DirectionEgress,
 			SrcIP: netip.MustParseAddr("10.0.1.10"), DstIP: netip.MustParseAddr("203.0.113.10"),
 			Proto: ProtoTCP, SrcPort: 40000, DstPort: 443, TCPFlags: TCPFlagSYN,
-			Verdict: VerdictDeny, Reason: "no-rule", Policy: Policy{Namespace: "shop", Name: "sidecar-egress", ID: 8},
+			Verdict: VerdictDeny, Reason: "no-rule", Hook: "connect", Policy: Policy{Namespace: "shop", Name: "sidecar-egress", ID: 8},
 			Source: withContainer(web, "log-shipper"), Destination: world,
 		},
 		{ // 4: audited scrape of the app by the collector (ingress)
@@ -301,7 +301,7 @@ func TestObserveJSONCarriesContainerAndPolicy(t *testing.T) {
 		t.Fatalf("extensions are not a google.protobuf.Struct: %v", err)
 	}
 	m := ext.AsMap()
-	for k, want := range map[string]any{"container": "log-shipper", "policy": "sidecar-egress", "policyNamespace": "shop", "policyID": float64(8), "verdict": "deny", "direction": "egress", "reason": "no-rule"} {
+	for k, want := range map[string]any{"container": "log-shipper", "policy": "sidecar-egress", "policyNamespace": "shop", "policyID": float64(8), "verdict": "deny", "direction": "egress", "reason": "no-rule", "hook": "connect"} {
 		if m[k] != want {
 			t.Errorf("extensions[%q] = %v, want %v (all: %v)", k, m[k], want, m)
 		}
