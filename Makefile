@@ -62,11 +62,13 @@ $(BIN)/controller-gen: $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 
 # hubble is the stock CLI, built from the cilium module that go.mod pins
 # (declared there as a tool), so it always matches the Observer API we serve.
+# Stamped with its version as Cilium's build does: unstamped, it warns that
+# it is older than every Hubble server it talks to.
 HUBBLE_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/cilium/cilium 2>/dev/null)
 $(BIN)/hubble-$(HUBBLE_VERSION):
 	@mkdir -p $(BIN)
 	@echo ">> building hubble CLI $(HUBBLE_VERSION) (first time: about 1.5 minutes)"
-	$(GO) build -o $@ github.com/cilium/cilium/hubble
+	$(GO) build -ldflags "-X github.com/cilium/cilium/hubble/pkg.Version=$(HUBBLE_VERSION)" -o $@ github.com/cilium/cilium/hubble
 
 $(BIN)/hubble: $(BIN)/hubble-$(HUBBLE_VERSION)
 	ln -sf $(notdir $<) $@
@@ -75,12 +77,15 @@ $(BIN)/hubble: $(BIN)/hubble-$(HUBBLE_VERSION)
 # the Cilium node of the end-to-end suite and the demo; bin/cilium-lib holds
 # that module's bpf/ sources, which the agent compiles at start.
 CILIUM_VERSION := $(HUBBLE_VERSION)
+# The version stamp Cilium's own build sets ("VERSION REVISION DATE"), which
+# its Hubble reports; a module build has no git revision, so it is zeros.
+CILIUM_LDFLAGS = -X 'github.com/cilium/cilium/pkg/version.ciliumVersion=$(CILIUM_VERSION:v%=%) 0000000 $(shell $(GO) list -m -f '{{.Time.Format "2006-01-02T15:04:05Z07:00"}}' github.com/cilium/cilium 2>/dev/null)'
 $(BIN)/cilium-agent-$(CILIUM_VERSION):
 	@mkdir -p $(BIN)
 	@pinned=$$(cd hack/tools/cilium && $(GO) list -m -f '{{.Version}}' github.com/cilium/cilium); \
 	  [ "$$pinned" = "$(CILIUM_VERSION)" ] || { echo "hack/tools/cilium pins cilium $$pinned but go.mod has $(CILIUM_VERSION): make them equal"; exit 1; }
 	@echo ">> building cilium-agent $(CILIUM_VERSION) (first time: about 3 minutes)"
-	cd hack/tools/cilium && $(GO) build -o $(CURDIR)/$@ github.com/cilium/cilium/daemon
+	cd hack/tools/cilium && $(GO) build -ldflags "$(CILIUM_LDFLAGS)" -o $(CURDIR)/$@ github.com/cilium/cilium/daemon
 
 $(BIN)/cilium-cni-$(CILIUM_VERSION):
 	@mkdir -p $(BIN)

@@ -57,6 +57,10 @@ type Config struct {
 	Cgroups *cgroups.Resolver
 	// Observer, if set, receives a flow per datapath event.
 	Observer *hubble.Server
+	// Joiner, if set, learns each connection from the datapath events, to
+	// name the containers of Cilium's flows (hubble.Joiner); the agent is
+	// its JoinLookup.
+	Joiner *hubble.Joiner
 	// Metrics, if set, is where the agent's metrics are registered.
 	Metrics *Metrics
 	// Events, if set, records Events on pods when they start and stop
@@ -108,6 +112,7 @@ type Agent struct {
 	// ruleSets caches each policy's translation by UID (reconcile only).
 	ruleSets map[types.UID]cachedRuleSet
 	state    atomic.Pointer[State]
+	join     joinIndex
 	ready    atomic.Bool
 	watcher  *cgroups.Watcher
 	watched  map[types.UID]bool

@@ -28,6 +28,11 @@ func (a *Agent) handleEvent(ev bpfext.Event) {
 		return
 	}
 	oe := a.ToObserverEvent(st, ev)
+	if info, ok := st.Cgroups[ev.CgroupID]; ok {
+		a.learnJoin(st, ev, info)
+	} else if info, ok := st.Cgroups[ev.PolicyCgroupID]; ok {
+		a.learnJoin(st, ev, info)
+	}
 	pol := oe.Policy.Namespace + "/" + oe.Policy.Name
 	if oe.Policy.Name == "" {
 		pol = ""

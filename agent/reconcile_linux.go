@@ -169,7 +169,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	a.watchPods(in.Pods)
 	a.forgetGonePods(in.Pods)
-	a.state.Store(desired)
+	a.forgetJoin(a.state.Swap(desired), desired)
 	// After the store: an event handled now names pods of the new state.
 	livePods := make(map[podKey]bool, len(in.Pods))
 	for _, ps := range in.Pods {

@@ -17,8 +17,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+
 	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/agent/cri"
+
 	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/bpfext"
@@ -66,6 +69,16 @@ type Options struct {
 	// the server is not started when both are. Empty means the default
 	// (hubble.DefaultUnixSocket, hubble.DefaultTCPAddress).
 	HubbleSocket, HubbleAddress string
+	// CiliumHubble is the address of the local Cilium agent's Hubble
+	// ("unix:///var/run/cilium/hubble.sock"): its flows are re-served with
+	// the container named (hubble.Joiner). Empty follows
+	// hubble.DefaultCiliumSocket when the identities are Cilium's;
+	// Disabled follows nothing.
+	CiliumHubble string
+	// JoinEntries and JoinTTL bound the join's connection state (the
+	// hubble.Default* values when 0).
+	JoinEntries int
+	JoinTTL     time.Duration
 	// MetricsAddress serves /metrics, /healthz and /readyz; empty or
 	// Disabled serves nothing (Agent.Handler still works).
 	MetricsAddress string
@@ -105,8 +118,12 @@ type Node struct {
 	Agent    *Agent
 	Datapath *bpfext.Datapath
 	// Hubble is nil when both its listeners are disabled.
-	Hubble  *hubble.Server
-	Metrics *Metrics
+	Hubble *hubble.Server
+	// CiliumHubble and Joiner re-serve Cilium's flows (nil when not
+	// following Cilium's Hubble).
+	CiliumHubble *hubble.CiliumSource
+	Joiner       *hubble.Joiner
+	Metrics      *Metrics
 	// MetricsAddr is where /metrics listens (nil when disabled).
 	MetricsAddr net.Addr
 
@@ -177,11 +194,30 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	}()
 
 	var obs *hubble.Server
+	var ciliumHubble *hubble.CiliumSource
+	var joiner *hubble.Joiner
 	if o.HubbleSocket != Disabled || o.HubbleAddress != Disabled {
+		addr := o.CiliumHubble
+		if _, cilium := src.(*identity.CiliumSource); addr == "" && cilium {
+			addr = hubble.DefaultCiliumSocket
+		}
+		var delay time.Duration
+		if addr != "" && addr != Disabled {
+			if err := hubble.CheckAddress(addr); err != nil {
+				return nil, fmt.Errorf("cilium hubble address %q: %w", addr, err)
+			}
+			delay = hubble.DefaultSortDelay
+		}
 		obs, err = hubble.New(hubble.Options{UnixSocket: o.HubbleSocket, TCPAddress: o.HubbleAddress,
-			NodeName: o.NodeName, Version: o.Version, Logger: log.With("component", "hubble")})
+			NodeName: o.NodeName, Version: o.Version, Logger: log.With("component", "hubble"), SortDelay: delay})
 		if err != nil {
 			return nil, err
+		}
+		if delay > 0 {
+			joiner = hubble.NewJoiner(nil, o.JoinEntries, o.JoinTTL)
+			ciliumHubble = &hubble.CiliumSource{Address: addr, Logger: log.With("component", "cilium-hubble")}
+			ciliumHubble.Sink = func(f *flowpb.Flow) { obs.PublishJoined(f, func(f *flowpb.Flow) { joiner.Join(f) }) }
+			obs.SetUpstream(ciliumHubble)
 		}
 		if err := obs.Listen(); err != nil {
 			return nil, err
@@ -215,13 +251,17 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	m := NewMetrics(nil)
 	a, err := New(Config{
 		NodeName: o.NodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
-		Cgroups: resolver, Observer: obs, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
+		Cgroups: resolver, Observer: obs, Joiner: joiner, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
 		AllowLocalhost: o.AllowLocalhost, Runtime: runtimeOf(rt), CiliumIPCachePath: ipcPath,
 	})
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Agent: a, Datapath: dp, Hubble: obs, Metrics: m, cancel: cancel, done: make(chan struct{})}
+	n := &Node{Agent: a, Datapath: dp, Hubble: obs, CiliumHubble: ciliumHubble, Joiner: joiner, Metrics: m, cancel: cancel, done: make(chan struct{})}
+	if joiner != nil {
+		joiner.SetLookup(a)
+		m.registerJoin(joiner, ciliumHubble)
+	}
 
 	var srv *http.Server
 	var ln net.Listener
@@ -243,6 +283,9 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 			}
 		})
 		log.Info("serving hubble observer", "addrs", fmt.Sprint(obs.Addrs()))
+	}
+	if ciliumHubble != nil {
+		servers.Go(func() { ciliumHubble.Run(ctx) })
 	}
 	if srv != nil {
 		servers.Go(func() {

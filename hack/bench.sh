@@ -36,6 +36,12 @@ fi
 if want observer; then
 	section "observer: flows per second to one 'hubble observe --follow' client"
 	gobench ./agent/hubble 'FollowThroughput|Convert' 100000x
+	section "observer: Cilium's flows joined to containers; target >= 50,000 flows/s on one core, join state bounded"
+	out=$(gobench ./agent/hubble 'Join$|JoinFollow' 100000x; gobench ./agent/hubble 'JoinStateMemory' 1x)
+	echo "$out"
+	echo "$out" | awk '/JoinFollow\/plain/ {for (i=1;i<NF;i++) if ($(i+1)=="delivered-flows/s") p=$i}
+		/JoinFollow\/joined/ {for (i=1;i<NF;i++) if ($(i+1)=="delivered-flows/s") j=$i}
+		END {if (p && j) printf "joined/plain delivery to one follower (one core): %.2f\n", j/p}'
 fi
 
 if want agent && [ -x hack/bench-agent.sh ]; then

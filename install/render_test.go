@@ -223,7 +223,14 @@ func TestAgentDaemonSetMounts(t *testing.T) {
 				{"--bpffs-root", "/sys/fs/bpf", false},
 				{"--cgroup-mount", "/sys/fs/cgroup", true},
 				{"--hubble-socket", "/var/run/sidewall/hubble.sock", false},
+				{"--cilium-hubble-address", "/var/run/cilium/hubble.sock", true},
 			},
+		},
+		{
+			name:   "Cilium's flows off",
+			values: map[string]any{"agent": map[string]any{"hubble": map[string]any{"cilium": map[string]any{"enabled": false}}}},
+			want:   []hostMount{{"--hubble-socket", "/var/run/sidewall/hubble.sock", false}},
+			absent: []string{"--cilium-hubble-address"},
 		},
 		{
 			name: "hybrid host, hubble off",
@@ -236,7 +243,7 @@ func TestAgentDaemonSetMounts(t *testing.T) {
 				{"--pin-dir", "/run/bpffs/sidewall", false},
 				{"--cgroup-mount", "/sys/fs/cgroup/unified", true},
 			},
-			absent: []string{"--hubble-socket", "--hubble-listen-address"},
+			absent: []string{"--hubble-socket", "--hubble-listen-address", "--cilium-hubble-address"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -250,7 +257,7 @@ func TestAgentDaemonSetMounts(t *testing.T) {
 			flags := map[string]string{}
 			for _, a := range c.Args {
 				k, v, _ := strings.Cut(a, "=")
-				flags[k] = v
+				flags[k] = strings.TrimPrefix(v, "unix://")
 			}
 			for _, w := range tc.want {
 				v, ok := flags[w.flag]
@@ -354,6 +361,8 @@ func TestBadValues(t *testing.T) {
 		{"bad cgroup driver", map[string]any{"agent": map[string]any{"cgroup": map[string]any{"driver": "cgroupv1"}}}, "driver"},
 		{"SYS_ADMIN for the agent", map[string]any{"agent": map[string]any{"extraCapabilities": []any{"SYS_ADMIN"}}}, "extraCapabilities"},
 		{"same port twice", map[string]any{"controller": map[string]any{"probes": map[string]any{"port": 8080}}}, "must differ"},
+		{"join state of no entries", map[string]any{"agent": map[string]any{"hubble": map[string]any{"cilium": map[string]any{"joinEntries": 0}}}}, "joinEntries"},
+		{"join TTL not a duration", map[string]any{"agent": map[string]any{"hubble": map[string]any{"cilium": map[string]any{"joinTTL": "ten minutes"}}}}, "joinTTL"},
 		{"hubble on a public address", map[string]any{"agent": map[string]any{"hubble": map[string]any{"listenAddress": "0.0.0.0:4246"}}}, "loopback"},
 		{"bad pull policy", map[string]any{"image": map[string]any{"pullPolicy": "Sometimes"}}, "pullPolicy"},
 		{"empty cluster name with cilium identities", map[string]any{"clusterName": ""}, "clusterName"},

@@ -504,16 +504,7 @@ spec:
 		n.Expect(web, "app", logging, "8080", false)
 		n.Expect(web, "log-shipper", payments, "8080", false)
 		// Denied by Cilium: sidewall lets the app through, Cilium drops.
-		waitFor(t, "Cilium drops web/app -> payments:8080", func() error {
-			err := n.Dial(web, "app", payments, "8080")
-			if err == nil {
-				return errors.New("connected")
-			}
-			if errors.Is(err, syscall.EPERM) {
-				return fmt.Errorf("sidewall denied it (%v); Cilium should have", err)
-			}
-			return nil
-		})
+		waitCiliumDrops(t, n, web, "app", payments, "8080")
 	})
 
 	t.Run("Cilium's Hubble shows the pod's flows", func(t *testing.T) {
@@ -534,6 +525,10 @@ spec:
 			return nil
 		})
 	})
+
+	t.Run("sidewall's Hubble names the container of Cilium's flows", func(t *testing.T) {
+		ciliumFlowsNamed(t, n, cc, web, logging, payments)
+	})
 }
 
 func waitEndpoint(t *testing.T, cc versioned.Interface, p *localnode.Pod) *ciliumv2.CiliumEndpoint {
@@ -551,6 +546,22 @@ func waitEndpoint(t *testing.T, cc versioned.Interface, p *localnode.Pod) *ciliu
 		return nil
 	})
 	return cep
+}
+
+// waitCiliumDrops waits until Cilium drops a connection sidewall allows:
+// the dial times out, not EPERM.
+func waitCiliumDrops(t *testing.T, n *agentnode.Node, p *localnode.Pod, container string, peer *localnode.Pod, port string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("Cilium drops %s/%s -> %s:%s", p.Name, container, peer.Name, port), func() error {
+		err := n.Dial(p, container, peer, port)
+		if err == nil {
+			return errors.New("connected")
+		}
+		if errors.Is(err, syscall.EPERM) {
+			return fmt.Errorf("sidewall denied it (%v); Cilium should have", err)
+		}
+		return nil
+	})
 }
 
 // applyCNP creates a CNP and waits until the cilium-agent imports it.

@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
@@ -65,8 +66,21 @@ type Options struct {
 	// Version is sidewall's version, reported by ServerStatus, GetNodes and
 	// the flows' emitter.
 	Version string
+	// SortDelay, when positive, merges the published flows into the ring
+	// in time order, each waiting this long (DefaultSortDelay suits a
+	// Cilium source); 0 writes each flow as it comes.
+	SortDelay time.Duration
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// Upstream is a source of flows the server re-serves (Cilium's Hubble).
+// ServerStatus reports it as a node: connected, or unavailable with its
+// error, which `hubble status` prints.
+type Upstream interface {
+	// UpstreamStatus names the source and says why it is not connected
+	// (nil: connected).
+	UpstreamStatus() (name string, err error)
 }
 
 func (o *Options) setDefaults() {
@@ -103,6 +117,8 @@ type Server struct {
 	health    *health.Server
 	grpc      *grpc.Server
 	seen      atomic.Uint64
+	sorter    *sorter
+	upstream  atomic.Pointer[Upstream]
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -121,6 +137,9 @@ func New(opts Options) (*Server, error) {
 	if opts.LostEventInterval < 0 {
 		return nil, fmt.Errorf("invalid LostEventInterval %s: must not be negative", opts.LostEventInterval)
 	}
+	if opts.SortDelay < 0 {
+		return nil, fmt.Errorf("invalid SortDelay %s: must not be negative", opts.SortDelay)
+	}
 	s := &Server{
 		opts:      opts,
 		converter: Converter{NodeName: opts.NodeName, Version: opts.Version},
@@ -129,6 +148,9 @@ func New(opts Options) (*Server, error) {
 		health:    health.NewServer(),
 		grpc:      grpc.NewServer(),
 		done:      make(chan struct{}),
+	}
+	if opts.SortDelay > 0 {
+		s.sorter = newSorter(opts.SortDelay, s.write)
 	}
 	s.health.SetServingStatus(v1.ObserverServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -143,11 +165,16 @@ func (s *Server) Register(g *grpc.Server) {
 	healthpb.RegisterHealthServer(g, s.health)
 }
 
-// Publish stores a flow in the ring and wakes the followers. It never waits
-// for a reader: readers hold the ring's lock only to copy a batch of
-// pointers. The flow must not be modified afterwards. Its
-// time orders it for --since/--until, so publish flows in time order.
-func (s *Server) Publish(f *flowpb.Flow) {
+// Publish stores a flow in the ring (through the sort buffer when
+// SortDelay is set) and wakes the followers. It never waits for a reader:
+// readers hold the ring's lock only to copy a batch of pointers. The flow
+// must not be modified afterwards. Its time orders it for --since/--until;
+// without SortDelay, publish flows in time order.
+func (s *Server) Publish(f *flowpb.Flow) { s.PublishJoined(f, nil) }
+
+// PublishJoined publishes a flow of another source: join, if not nil, may
+// modify the flow just before it is stored, after the sort delay.
+func (s *Server) PublishJoined(f *flowpb.Flow, join func(*flowpb.Flow)) {
 	if f == nil {
 		return
 	}
@@ -155,10 +182,24 @@ func (s *Server) Publish(f *flowpb.Flow) {
 	if !ts.IsValid() {
 		ts = timestamppb.Now()
 	}
-	ev := &v1.Event{Timestamp: ts, Event: f}
-	s.ring.write(ev)
+	it := sortItem{ev: &v1.Event{Timestamp: ts, Event: f}, join: join}
+	if s.sorter != nil {
+		s.sorter.push(it)
+		return
+	}
+	s.write(it)
+}
+
+func (s *Server) write(it sortItem) {
+	if it.join != nil {
+		it.join(it.ev.GetFlow())
+	}
+	s.ring.write(it.ev)
 	s.seen.Add(1)
 }
+
+// SetUpstream makes ServerStatus report u.
+func (s *Server) SetUpstream(u Upstream) { s.upstream.Store(&u) }
 
 // PublishEvent converts ev with the server's node name and version and
 // publishes the flow.
@@ -176,14 +217,28 @@ func (s *Server) SeenFlows() uint64 { return s.seen.Load() }
 
 // ServerStatus reports the ring's fill level, as Hubble does.
 func (s *Server) ServerStatus(context.Context, *observerpb.ServerStatusRequest) (*observerpb.ServerStatusResponse, error) {
-	return &observerpb.ServerStatusResponse{
+	resp := &observerpb.ServerStatusResponse{
 		Version:   s.version(),
 		MaxFlows:  s.ring.capacity(),
 		NumFlows:  s.ring.len(),
 		SeenFlows: s.seen.Load(),
 		UptimeNs:  uint64(time.Since(s.start).Nanoseconds()),
 		FlowsRate: s.flowRate(time.Now()),
-	}, nil
+	}
+	if u := s.upstream.Load(); u != nil {
+		// Two sources: sidewall's own datapath, always connected, and
+		// the upstream.
+		name, err := (*u).UpstreamStatus()
+		if err != nil {
+			resp.NumConnectedNodes = wrapperspb.UInt32(1)
+			resp.NumUnavailableNodes = wrapperspb.UInt32(1)
+			resp.UnavailableNodes = []string{fmt.Sprintf("%s (%s): %v", s.opts.NodeName, name, err)}
+		} else {
+			resp.NumConnectedNodes = wrapperspb.UInt32(2)
+			resp.NumUnavailableNodes = wrapperspb.UInt32(0)
+		}
+	}
+	return resp, nil
 }
 
 // GetNodes reports this node, the only one a node agent knows.
@@ -431,6 +486,9 @@ func (s *Server) Close() {
 	close(s.done)
 	ls := s.listeners
 	s.mu.Unlock()
+	if s.sorter != nil {
+		s.sorter.close()
+	}
 
 	s.health.Shutdown()
 	stopped := make(chan struct{})

@@ -57,6 +57,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		driver       = flag.String("cgroup-driver", "", "kubelet's cgroup driver: systemd or cgroupfs (default: from the kubepods name)")
 		hubbleSock   = flag.String("hubble-socket", hubble.DefaultUnixSocket, `unix socket of the Hubble observer API ("-" disables it)`)
 		hubbleAddr   = flag.String("hubble-listen-address", hubble.DefaultTCPAddress, `TCP address of the Hubble observer API ("-" disables it)`)
+		ciliumHubble = flag.String("cilium-hubble-address", "", `the local Cilium agent's Hubble, whose flows are re-served with the container named ("unix:///var/run/cilium/hubble.sock" when empty and the identities are Cilium's; "-" follows none)`)
+		joinEntries  = flag.Int("hubble-join-entries", hubble.DefaultJoinEntries, "connections the Hubble join remembers (an LRU; about 400 bytes each, 24 MiB at the default)")
+		joinTTL      = flag.Duration("hubble-join-ttl", hubble.DefaultJoinTTL, "how long a connection learned from a sidewall event names Cilium's flows of it")
 		httpAddr     = flag.String("metrics-bind-address", "127.0.0.1:9963", `address of /metrics, /healthz and /readyz ("0" disables it)`)
 		idSource     = flag.String("identity-source", "auto", "peer identities: cilium (CiliumEndpoints), local (allocated from pod labels) or auto (cilium when its CRDs are served)")
 		ipcache      = flag.String("cilium-ipcache", "", `path of Cilium's pinned ipcache map, read-only, for peer identities (default: tc/globals/cilium_ipcache_v2 under --cilium-bpf-root when it is pinned and the identities are Cilium's; "-" resolves peers from CiliumEndpoints only)`)
@@ -95,6 +98,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Error("invalid flags: --cgroup-driver must be systemd or cgroupfs", "value", *driver)
 		return 2
 	}
+	if *ciliumHubble != "" && *ciliumHubble != agent.Disabled {
+		if err := hubble.CheckAddress(*ciliumHubble); err != nil {
+			log.Error("invalid flags: --cilium-hubble-address: "+err.Error(), "value", *ciliumHubble)
+			return 2
+		}
+	}
+	if *joinEntries <= 0 || *joinTTL <= 0 {
+		log.Error("invalid flags: --hubble-join-entries and --hubble-join-ttl must be positive", "entries", *joinEntries, "ttl", *joinTTL)
+		return 2
+	}
 	var cfg *rest.Config
 	var err error
 	if *kubeconfig != "" {
@@ -118,6 +131,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		IdentitySource: *idSource, ClusterName: *clusterName, Resync: *resync, Version: version, Logger: log,
 		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot, CRISocket: *criSocket,
 		EventRate: *eventRate, EventBurst: *eventBurst, DenyAggregation: *denyAgg, PodPortShare: *portShare,
+		CiliumHubble: *ciliumHubble, JoinEntries: *joinEntries, JoinTTL: *joinTTL,
 	})
 	if err == nil {
 		err = n.Wait()

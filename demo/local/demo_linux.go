@@ -381,13 +381,15 @@ func (d *demo) startAgent(ctx context.Context) (err error) {
 	defer func() { done(err) }()
 	pinDir := filepath.Join(bpfext.DefaultBPFFSRoot, "sidewall-demo-"+randHex(4))
 	log := slog.New(slog.NewTextHandler(d.logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ids := agent.IdentitiesLocal
+	ids, ciliumHubble := agent.IdentitiesLocal, agent.Disabled
 	if d.cilium {
-		ids = agent.IdentitiesCilium
+		// Cilium's own flows, re-served with the container named.
+		ids, ciliumHubble = agent.IdentitiesCilium, "unix://"+d.node.HubbleSocket()
 	}
 	n, err := agent.Start(context.Background(), agent.Options{
 		NodeName: d.node.Name(), Config: d.env.Config, PinDir: pinDir, Cgroups: d.node.CgroupConfig(),
 		HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0", IdentitySource: ids, Logger: log,
+		CiliumHubble: ciliumHubble,
 	})
 	if err != nil {
 		return err

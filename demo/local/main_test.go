@@ -178,7 +178,7 @@ func TestDemoEndToEnd(t *testing.T) {
 		"path: ^/ingest$",
 		"method: POST",
 		"[sidewall.io/container=log-shipper] -> shop/payments:8080 DROPPED POLICY_DENIED",
-		"PASS: all 9 checks",
+		"PASS: all 10 checks",
 		// Cilium's own objects and its import of the generated policies.
 		"ciliumendpoint.cilium.io/web",
 		"ciliumidentity.cilium.io/",
@@ -189,6 +189,10 @@ func TestDemoEndToEnd(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+	// Cilium's own flow, re-served by sidewall with the container named.
+	if !regexp.MustCompile(`FORWARDED \(TCP Flags: [A-Z, -]+; container from log-shipper\)`).MatchString(out) {
+		t.Errorf("no Cilium trace of log-shipper naming the container")
 	}
 	if !regexp.MustCompile(`(?m)^log-shipper-egress\s+Enforce\s+log-shipper\s+1\s+True\s`).MatchString(out) {
 		t.Errorf("no ctrnp status row for log-shipper-egress (Enforce, log-shipper, 1 pod, Ready)")

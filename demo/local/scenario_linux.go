@@ -534,6 +534,11 @@ func (d *demo) showHubble(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintf(d.out, "$ hubble %s\n%s\n\n", strings.Join(app, " "), orNone(outApp))
+	if d.cilium {
+		if err := d.showCiliumFlowsNamed(ctx); err != nil {
+			return err
+		}
+	}
 	if err := d.showCiliumHubble(ctx); err != nil {
 		return err
 	}
@@ -542,6 +547,26 @@ func (d *demo) showHubble(ctx context.Context) error {
 	shows := strings.Contains(raw, `"DROPPED"`) && strings.Contains(raw, payments) && strings.Contains(raw, "k8s:sidewall.io/container=log-shipper")
 	d.addCheck("hubble --from-label sidewall.io/container=log-shipper shows its drop to payments", "shown", shows, "shown", "not shown")
 	d.addCheck("hubble --from-label sidewall.io/container=app shows no drops", "none", !strings.Contains(outApp, "DROPPED"), "none", "drops shown")
+	return nil
+}
+
+// showCiliumFlowsNamed shows Cilium's own flows (its traces of what it
+// forwarded), which sidewall-agent re-serves with the container named.
+func (d *demo) showCiliumFlowsNamed(ctx context.Context) error {
+	args := []string{"observe", "--server", d.hubbleAt, "--last", "5", "--type", "trace", "--from-label", "sidewall.io/container=log-shipper"}
+	var out string
+	err := poll(ctx, "Cilium's flows of log-shipper through sidewall's Hubble", func() (bool, error) {
+		var err error
+		out, err = d.runHubble(ctx, args...)
+		return err == nil && strings.Contains(out, "container from log-shipper"), err
+	})
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	fmt.Fprintln(d.out, "Cilium's own flows, re-served by sidewall-agent with the container named (its traces of what it forwarded):")
+	fmt.Fprintf(d.out, "$ hubble %s\n%s\n", strings.Join(args, " "), orNone(out))
+	d.addCheck("Cilium's own flows of log-shipper name the container", "named", strings.Contains(out, "container from log-shipper"), "named", "not named")
+	fmt.Fprintln(d.out)
 	return nil
 }
 
@@ -588,7 +613,8 @@ func (d *demo) showLimits() {
   the listener, Cilium forwards the request at L3/L4: its Hubble shows it FORWARDED to the endpoint,
   not to the proxy. In a cluster, a GET /admin from log-shipper to logging:8080 gets "403 Access
   denied" from Envoy; sidewall's tests check the HTTP rules with Cilium's own policy engine instead.
-- Cilium's flows name the pod, not the container; sidewall's Hubble (section 5) names the container.`)
+- Cilium's own Hubble names the pod, not the container; sidewall's Hubble (section 5) re-serves
+  Cilium's flows with the container named (see docs/operations.md, "Cilium's flows, with the container").`)
 		return
 	}
 	fmt.Fprintln(d.out, `- No Cilium runs in this mode (--cilium=false): peer identities come from pod labels (the agent's

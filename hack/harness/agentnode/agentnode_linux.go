@@ -50,6 +50,9 @@ type Options struct {
 	// (localnode.Cilium, from the tools `make cilium-tools` builds); it
 	// implies Cilium.
 	CiliumNode bool
+	// CiliumHubble overrides the address of the Cilium Hubble the agent
+	// re-serves (default: the Cilium node's hubble.sock; none elsewhere).
+	CiliumHubble string
 	// CiliumL7Proxy turns the Cilium node's L7 proxy on (localnode.Cilium).
 	CiliumL7Proxy bool
 	// CiliumWithoutKPR runs the Cilium node without kube-proxy
@@ -168,10 +171,18 @@ func (n *Node) StartAgent() {
 	if n.opts.CiliumNode && !n.noIPCache {
 		ipcache = agent.CiliumIPCachePath(n.Local.CiliumBPFRoot())
 	}
+	ciliumHubble := agent.Disabled
+	if n.opts.CiliumNode {
+		ciliumHubble = "unix://" + n.Local.HubbleSocket()
+	}
+	if n.opts.CiliumHubble != "" {
+		ciliumHubble = n.opts.CiliumHubble
+	}
 	a, err := agent.Start(context.Background(), agent.Options{
 		NodeName: n.Local.Name(), Config: n.Env.Config, PinDir: n.PinDir, MaxEntries: n.opts.MaxEntries,
 		Cgroups: n.Local.CgroupConfig(), HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0",
 		IdentitySource: ids, Logger: log, CiliumIPCache: ipcache, CRISocket: n.criSocket,
+		CiliumHubble: ciliumHubble,
 	})
 	if err != nil {
 		t.Fatalf("start agent: %v", err)

@@ -510,8 +510,17 @@ func (c *ciliumNode) health(ctx context.Context, hc *http.Client) (string, error
 }
 
 // cni runs cilium-cni in the node's namespace, as kubelet's runtime does.
+// cniTimeout bounds one cilium-cni call.
+const cniTimeout = 20 * time.Second
+
 func (c *ciliumNode) cni(command string, p *Pod) ([]byte, error) {
-	cmd := exec.Command("ip", "netns", "exec", c.nsName, c.opts.CNI)
+	// A CNI call that hangs (cilium-agent busy regenerating the endpoint)
+	// must not stall a whole teardown: kubelet too gives each call a
+	// deadline and retries.
+	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", c.nsName, c.opts.CNI)
+	cmd.WaitDelay = time.Second
 	cmd.Env = append(os.Environ(),
 		"CILIUM_SOCK="+c.socket(),
 		"CNI_COMMAND="+command,
@@ -525,6 +534,9 @@ func (c *ciliumNode) cni(command string, p *Pod) ([]byte, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		return out, fmt.Errorf("cilium-cni %s %s/%s: no answer in %s: %s%s\ncilium-agent log:\n%s", command, p.Namespace, p.Name, cniTimeout, out, stderr.String(), tail(c.logPath, 20))
+	}
 	if err != nil {
 		return out, fmt.Errorf("cilium-cni %s %s/%s: %w: %s%s", command, p.Namespace, p.Name, err, out, stderr.String())
 	}
@@ -575,9 +587,13 @@ func (c *ciliumNode) delPod(p *Pod) error {
 	if !p.ciliumWired {
 		return nil
 	}
-	_, err := c.cni("DEL", p)
-	if err == nil {
-		p.ciliumWired = false
+	// DEL is idempotent; retry a timed-out one as kubelet does.
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if _, err = c.cni("DEL", p); err == nil {
+			p.ciliumWired = false
+			return nil
+		}
 	}
 	return err
 }

@@ -370,8 +370,6 @@ func (n *Node) vethName() string {
 // idempotent; later calls return the first call's result.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
 		var errs []error
 		n.mu.Lock()
 		n.closing = true
@@ -381,9 +379,13 @@ func (n *Node) Close() error {
 		}
 		n.mu.Unlock()
 		for _, p := range pods {
-			if err := n.DeletePod(ctx, p); err != nil {
+			// Each pod its own deadline: one slow teardown must not
+			// leave the others (and the Node) behind.
+			pctx, pcancel := context.WithTimeout(context.Background(), 90*time.Second)
+			if err := n.DeletePod(pctx, p); err != nil {
 				errs = append(errs, err)
 			}
+			pcancel()
 		}
 		if n.cilium != nil {
 			if err := n.cilium.stop(); err != nil {
@@ -401,6 +403,8 @@ func (n *Node) Close() error {
 			}
 		}
 		if n.madeNode {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
 			err := n.client.CoreV1().Nodes().Delete(ctx, n.name, metav1.DeleteOptions{})
 			if err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete node %s: %w", n.name, err))
