@@ -87,6 +87,12 @@ $(BIN)/cilium-agent-$(CILIUM_VERSION):
 	@echo ">> building cilium-agent $(CILIUM_VERSION) (first time: about 3 minutes)"
 	cd hack/tools/cilium && $(GO) build -ldflags "$(CILIUM_LDFLAGS)" -o $(CURDIR)/$@ github.com/cilium/cilium/daemon
 
+# hubble-relay, from the same module, for the Relay test of the Hubble API.
+$(BIN)/hubble-relay-$(CILIUM_VERSION):
+	@mkdir -p $(BIN)
+	@echo ">> building hubble-relay $(CILIUM_VERSION) (first time: about 2 minutes)"
+	cd hack/tools/cilium && $(GO) build -ldflags "$(CILIUM_LDFLAGS)" -o $(CURDIR)/$@ github.com/cilium/cilium/hubble-relay
+
 $(BIN)/cilium-cni-$(CILIUM_VERSION):
 	@mkdir -p $(BIN)
 	cd hack/tools/cilium && $(GO) build -o $(CURDIR)/$@ github.com/cilium/cilium/plugins/cilium-cni
@@ -100,11 +106,11 @@ $(BIN)/cilium-lib-$(CILIUM_VERSION):
 	printf 'module cilium-bpf-sources\n' > $@.tmp/go.mod
 	mv $@.tmp $@
 
-$(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib: $(BIN)/%: $(BIN)/%-$(CILIUM_VERSION)
+$(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib $(BIN)/hubble-relay: $(BIN)/%: $(BIN)/%-$(CILIUM_VERSION)
 	ln -sfn $(notdir $<) $@
 
 .PHONY: cilium-tools
-cilium-tools: $(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib ## Build cilium-agent and cilium-cni into bin/ and install what they need from Debian (clang-19, llvm-19, ipset, iptables, iproute2).
+cilium-tools: $(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib $(BIN)/hubble-relay ## Build cilium-agent, cilium-cni and hubble-relay into bin/ and install what they need from Debian (clang-19, llvm-19, ipset, iptables, iproute2).
 	@command -v clang-19 >/dev/null && command -v llc-19 >/dev/null && command -v ipset >/dev/null && command -v iptables >/dev/null && command -v ip >/dev/null || { \
 	  echo ">> installing clang-19 llvm-19 ipset iptables iproute2 from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 llvm-19 ipset iptables iproute2 >/dev/null; }

@@ -69,6 +69,16 @@ type Options struct {
 	// the server is not started when both are. Empty means the default
 	// (hubble.DefaultUnixSocket, hubble.DefaultTCPAddress).
 	HubbleSocket, HubbleAddress string
+	// HubbleTLSAddress also serves the Hubble API with TLS (mTLS with
+	// HubbleTLSClientCAFiles), with Hubble's Peer service listing this
+	// agent, for Hubble Relay; HubbleTLSCertFile and HubbleTLSKeyFile are
+	// the server's (for <node>.<cluster>.hubble-grpc.cilium.io). Empty or
+	// Disabled: none. HubblePeerAddress is the address the Peer service
+	// gives Relay (default: the bound TLS address, which must then be a
+	// specific IP).
+	HubbleTLSAddress, HubbleTLSCertFile, HubbleTLSKeyFile string
+	HubbleTLSClientCAFiles                                []string
+	HubblePeerAddress                                     string
 	// CiliumHubble is the address of the local Cilium agent's Hubble
 	// ("unix:///var/run/cilium/hubble.sock"): its flows are re-served with
 	// the container named (hubble.Joiner). Empty follows
@@ -208,8 +218,28 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 			}
 			delay = hubble.DefaultSortDelay
 		}
-		obs, err = hubble.New(hubble.Options{UnixSocket: o.HubbleSocket, TCPAddress: o.HubbleAddress,
-			NodeName: o.NodeName, Version: o.Version, Logger: log.With("component", "hubble"), SortDelay: delay})
+		hopts := hubble.Options{UnixSocket: o.HubbleSocket, TCPAddress: o.HubbleAddress,
+			NodeName: o.NodeName, Version: o.Version, Logger: log.With("component", "hubble"), SortDelay: delay}
+		if o.HubbleTLSAddress != "" && o.HubbleTLSAddress != Disabled {
+			if o.HubbleTLSCertFile == "" || o.HubbleTLSKeyFile == "" {
+				return nil, errors.New("hubble TLS address set without a certificate and key")
+			}
+			hopts.TLSAddress = o.HubbleTLSAddress
+			hopts.TLS, err = hubble.ServerTLS(log.With("component", "hubble-tls"), o.HubbleTLSClientCAFiles, o.HubbleTLSCertFile, o.HubbleTLSKeyFile)
+			if err != nil {
+				return nil, err
+			}
+			name, server := hubble.PeerName(o.NodeName, o.ClusterName), hubble.TLSServerName(o.NodeName, o.ClusterName)
+			peerAddr := o.HubblePeerAddress
+			hopts.Peers = func() []hubble.Peer {
+				addr := peerAddr
+				if addr == "" && obs != nil && obs.TLSAddr() != nil {
+					addr = obs.TLSAddr().String()
+				}
+				return []hubble.Peer{{Name: name, Address: addr, TLSServerName: server}}
+			}
+		}
+		obs, err = hubble.New(hopts)
 		if err != nil {
 			return nil, err
 		}
@@ -221,6 +251,15 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 		}
 		if err := obs.Listen(); err != nil {
 			return nil, err
+		}
+		if a := obs.TLSAddr(); a != nil && o.HubblePeerAddress == "" {
+			if ip := a.(*net.TCPAddr).IP; ip.IsUnspecified() {
+				obs.Close()
+				return nil, fmt.Errorf("hubble TLS address %s is not one Relay can dial: set the peer address (the pod's IP and the port)", a)
+			}
+		}
+		if a := obs.TLSAddr(); a != nil {
+			log.Info("serving hubble observer and peer service with TLS, for Hubble Relay", "addr", a, "mTLS", len(o.HubbleTLSClientCAFiles) > 0)
 		}
 	}
 

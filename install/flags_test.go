@@ -22,7 +22,7 @@ func TestChartFlagsExist(t *testing.T) {
 	}
 	r := render(t, map[string]any{"agent": map[string]any{"cgroup": map[string]any{
 		"driver": "systemd", "kubeletRoot": "custom.slice", "kubepodsRoot": "kubepods.slice",
-	}}})
+	}, "hubble": map[string]any{"tls": map[string]any{"enabled": true}}}})
 	var dep appsv1.Deployment
 	find(t, r, "Deployment", "sidewall-controller", &dep)
 	var ds appsv1.DaemonSet

@@ -385,3 +385,32 @@ func TestKubeVersionTooOld(t *testing.T) {
 		t.Fatalf("render for v1.28 (no native sidecars): err %v, want a kubeVersion error", err)
 	}
 }
+
+func TestAgentHubbleTLSForRelay(t *testing.T) {
+	var ds appsv1.DaemonSet
+	find(t, render(t, map[string]any{"agent": map[string]any{"hubble": map[string]any{"tls": map[string]any{"enabled": true, "secretName": "hubble-certs"}}}}), "DaemonSet", "sidewall-agent", &ds)
+	spec := ds.Spec.Template.Spec
+	c := spec.Containers[0]
+	for _, want := range []string{"--hubble-tls-listen-address=:4244", "--hubble-peer-address=$(POD_IP):4244",
+		"--hubble-tls-cert-file=/var/lib/sidewall/hubble-tls/tls.crt", "--hubble-tls-client-ca-files=/var/lib/sidewall/hubble-tls/ca.crt"} {
+		if !slices.Contains(c.Args, want) {
+			t.Errorf("agent args lack %s", want)
+		}
+	}
+	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		return e.Name == "POD_IP" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP"
+	}) {
+		t.Errorf("no POD_IP from status.podIP: %v", c.Env)
+	}
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "hubble-certs" }) {
+		t.Errorf("no volume of the Secret hubble-certs")
+	}
+	if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/var/lib/sidewall/hubble-tls" && m.ReadOnly }) {
+		t.Errorf("the certificates are not mounted read-only")
+	}
+	// Off by default.
+	find(t, render(t, nil), "DaemonSet", "sidewall-agent", &ds)
+	if slices.ContainsFunc(ds.Spec.Template.Spec.Containers[0].Args, func(a string) bool { return strings.HasPrefix(a, "--hubble-tls") }) {
+		t.Errorf("TLS on by default")
+	}
+}

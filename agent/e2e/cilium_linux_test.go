@@ -56,7 +56,10 @@ spec:
 `
 
 func TestCiliumNode(t *testing.T) {
-	n := agentnode.New(t, agentnode.Options{Prefix: "e2e", CiliumNode: true})
+	certs := relayCerts(t)
+	opts := agentnode.Options{Prefix: "e2e", CiliumNode: true}
+	opts.HubbleTLS.CA, opts.HubbleTLS.Cert, opts.HubbleTLS.Key = certs.ca, certs.cert, certs.key
+	n := agentnode.New(t, opts)
 	n.StartController()
 	cc, err := versioned.NewForConfig(n.Env.Config)
 	if err != nil {
@@ -527,7 +530,7 @@ spec:
 	})
 
 	t.Run("sidewall's Hubble names the container of Cilium's flows", func(t *testing.T) {
-		ciliumFlowsNamed(t, n, cc, web, logging, payments)
+		ciliumFlowsNamed(t, n, cc, certs, web, logging, payments)
 	})
 }
 

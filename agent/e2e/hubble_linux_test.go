@@ -88,7 +88,7 @@ func containerOf(ep *flowpb.Endpoint) string {
 
 // ciliumFlowsNamed: Cilium's own flows of the web pod, re-served by
 // sidewall with the container named, through the stock CLI.
-func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, web, logging, payments *localnode.Pod) {
+func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, certs hubbleTLS, web, logging, payments *localnode.Pod) {
 	since := time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
 	bin, err := harness.Tool("hubble")
 	if err != nil {
@@ -172,6 +172,51 @@ func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, w
 	if wrong > 0 || total == 0 || correct*10 < total*9 {
 		t.Errorf("join: %d correct, %d wrong, %d none of %d; want none wrong and at least 90%% correct", correct, wrong, none, total)
 	}
+
+	// Through Hubble Relay (the real one, over Hubble's mTLS, its peer
+	// service the agent's), the same: the sidecar's drop names it.
+	relay := harness.StartHubbleRelay(t, n.Agent.Hubble.TLSAddr().String(), "default", certs.ca, certs.clientCert, certs.clientKey)
+	relayDrop := func(relay *harness.HubbleRelay) []string {
+		var uuids []string
+		waitFor(t, "the sidecar's Cilium drop through Relay", func() error {
+			uuids = nil
+			out, err := exec.Command(bin, "observe", "--server", relay.Addr, "-o", "jsonpb", "--last", "100000", "--since", since,
+				"--from-label", "sidewall.io/container=log-shipper", "--verdict", "DROPPED").Output()
+			if err != nil {
+				return fmt.Errorf("hubble observe through Relay: %v", err)
+			}
+			found := false
+			for line := range bytes.Lines(out) {
+				var resp observerpb.GetFlowsResponse
+				if protojson.Unmarshal(line, &resp) != nil || resp.GetFlow() == nil {
+					continue
+				}
+				f := resp.GetFlow()
+				uuids = append(uuids, f.GetUuid())
+				found = found || (joinOf(f) != "" && f.GetDestination().GetPodName() == "logging" && containerOf(f.GetSource()) == "log-shipper")
+			}
+			if !found {
+				return fmt.Errorf("no Cilium drop of log-shipper among %d flows", len(uuids))
+			}
+			return nil
+		})
+		return uuids
+	}
+	viaRelay := relayDrop(relay)
+	// Relay restarts: it finds the agent again, and serves each flow once.
+	relay2 := harness.StartHubbleRelay(t, n.Agent.Hubble.TLSAddr().String(), "default", certs.ca, certs.clientCert, certs.clientKey)
+	viaRelay2 := relayDrop(relay2)
+	dup := map[string]int{}
+	for _, id := range viaRelay2 {
+		dup[id]++
+		if dup[id] == 2 {
+			t.Errorf("flow %s twice through the restarted Relay", id)
+		}
+	}
+	if len(viaRelay2) < len(viaRelay) {
+		t.Errorf("restarted Relay serves %d of the %d flows", len(viaRelay2), len(viaRelay))
+	}
+	t.Logf("through Hubble Relay: %d sidecar drops before its restart, %d after, each once", len(viaRelay), len(viaRelay2))
 
 	// The metrics count the joins.
 	rec := httptest.NewRecorder()
@@ -266,4 +311,13 @@ func measureJoin(t *testing.T, n *agentnode.Node, since string, logging, payment
 func firstLines(s string, n int) string {
 	lines := strings.SplitAfter(s, "\n")
 	return strings.Join(lines[:min(n, len(lines))], "")
+}
+
+type hubbleTLS struct{ ca, cert, key, clientCert, clientKey string }
+
+// relayCerts are Hubble's TLS files for the agent and Relay.
+func relayCerts(t *testing.T) hubbleTLS {
+	var c hubbleTLS
+	c.ca, c.cert, c.key, c.clientCert, c.clientKey = harness.HubbleCerts(t, "default")
+	return c
 }

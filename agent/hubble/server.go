@@ -2,6 +2,7 @@ package hubble
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -24,6 +26,7 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
+	peerpb "github.com/cilium/cilium/api/v1/peer"
 	relaypb "github.com/cilium/cilium/api/v1/relay"
 	v1 "github.com/cilium/cilium/pkg/hubble/api/v1"
 	"github.com/cilium/cilium/pkg/hubble/filters"
@@ -70,6 +73,14 @@ type Options struct {
 	// in time order, each waiting this long (DefaultSortDelay suits a
 	// Cilium source); 0 writes each flow as it comes.
 	SortDelay time.Duration
+	// TLSAddress, with TLS, is a TCP address served with TLS (mTLS when
+	// TLS asks for client certificates), Hubble's convention for what
+	// Relay reads; "" or "-" serves none.
+	TLSAddress string
+	TLS        *tls.Config
+	// Peers, if set, serves Hubble's Peer service listing them, so Hubble
+	// Relay can be pointed at this server (--peer-service).
+	Peers func() []Peer
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -116,6 +127,8 @@ type Server struct {
 	ring      *ring
 	health    *health.Server
 	grpc      *grpc.Server
+	tlsGRPC   *grpc.Server // nil without Options.TLS
+	tlsLn     net.Listener
 	seen      atomic.Uint64
 	sorter    *sorter
 	upstream  atomic.Pointer[Upstream]
@@ -152,6 +165,13 @@ func New(opts Options) (*Server, error) {
 	if opts.SortDelay > 0 {
 		s.sorter = newSorter(opts.SortDelay, s.write)
 	}
+	if opts.TLSAddress != "" && opts.TLSAddress != "-" {
+		if opts.TLS == nil {
+			return nil, fmt.Errorf("TLSAddress %s without a TLS config", opts.TLSAddress)
+		}
+		s.tlsGRPC = grpc.NewServer(grpc.Creds(credentials.NewTLS(opts.TLS)))
+		s.Register(s.tlsGRPC)
+	}
 	s.health.SetServingStatus(v1.ObserverServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.Register(s.grpc)
@@ -163,6 +183,9 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Register(g *grpc.Server) {
 	observerpb.RegisterObserverServer(g, s)
 	healthpb.RegisterHealthServer(g, s.health)
+	if s.opts.Peers != nil {
+		peerpb.RegisterPeerServer(g, peerService{s: s})
+	}
 }
 
 // Publish stores a flow in the ring (through the sort buffer when
@@ -421,11 +444,31 @@ func (s *Server) Listen() error {
 		}
 		ls = append(ls, l)
 	}
-	if len(ls) == 0 {
-		return errors.New("listen: both UnixSocket and TCPAddress are disabled")
+	if s.tlsGRPC != nil {
+		l, err := net.Listen("tcp", s.opts.TLSAddress)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return fmt.Errorf("listen on tcp %s (TLS): %w", s.opts.TLSAddress, err)
+		}
+		s.tlsLn = l
+	}
+	if len(ls) == 0 && s.tlsLn == nil {
+		return errors.New("listen: UnixSocket, TCPAddress and TLSAddress are all disabled")
 	}
 	s.listeners = ls
 	return nil
+}
+
+// TLSAddr is the bound TLS address after Listen (nil without one).
+func (s *Server) TLSAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tlsLn == nil {
+		return nil
+	}
+	return s.tlsLn.Addr()
 }
 
 // Addrs returns the bound addresses, unix socket first, after Listen.
@@ -444,6 +487,9 @@ func (s *Server) Addrs() []net.Addr {
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	n := len(s.listeners)
+	if s.tlsLn != nil {
+		n++
+	}
 	s.mu.Unlock()
 	if n == 0 {
 		if err := s.Listen(); err != nil {
@@ -451,12 +497,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	s.mu.Lock()
-	ls := s.listeners
+	ls, tl := s.listeners, s.tlsLn
 	s.mu.Unlock()
 
-	errc := make(chan error, len(ls))
+	errc := make(chan error, len(ls)+1)
 	for _, l := range ls {
 		go func() { errc <- s.grpc.Serve(l) }()
+	}
+	if tl != nil {
+		go func() { errc <- s.tlsGRPC.Serve(tl) }()
 	}
 	var err error
 	select {
@@ -491,21 +540,29 @@ func (s *Server) Close() {
 	}
 
 	s.health.Shutdown()
-	stopped := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(closeGrace):
-		// A client that stopped reading keeps Send, and so GracefulStop,
-		// blocked; closing its connection releases it.
-		s.grpc.Stop()
-		<-stopped
+	for _, g := range []*grpc.Server{s.grpc, s.tlsGRPC} {
+		if g == nil {
+			continue
+		}
+		stopped := make(chan struct{})
+		go func() {
+			g.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(closeGrace):
+			// A client that stopped reading keeps Send, and so
+			// GracefulStop, blocked; closing its connection releases it.
+			g.Stop()
+			<-stopped
+		}
 	}
 	for _, l := range ls {
 		l.Close()
+	}
+	if s.tlsLn != nil {
+		s.tlsLn.Close()
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"k8s.io/client-go/rest"
@@ -57,6 +58,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		driver       = flag.String("cgroup-driver", "", "kubelet's cgroup driver: systemd or cgroupfs (default: from the kubepods name)")
 		hubbleSock   = flag.String("hubble-socket", hubble.DefaultUnixSocket, `unix socket of the Hubble observer API ("-" disables it)`)
 		hubbleAddr   = flag.String("hubble-listen-address", hubble.DefaultTCPAddress, `TCP address of the Hubble observer API ("-" disables it)`)
+		hubbleTLS    = flag.String("hubble-tls-listen-address", "-", `TCP address of the Hubble observer and peer API with TLS, for Hubble Relay, as Cilium's --hubble-listen-address (":4244"; "-" disables it)`)
+		tlsCert      = flag.String("hubble-tls-cert-file", "", "the Hubble server's certificate (for <node>.<cluster>.hubble-grpc.cilium.io), as Cilium's")
+		tlsKey       = flag.String("hubble-tls-key-file", "", "its private key")
+		tlsCAs       = flag.String("hubble-tls-client-ca-files", "", "comma-separated CAs of the clients (Relay) to require certificates of (mTLS); empty: TLS without client certificates")
+		peerAddr     = flag.String("hubble-peer-address", "", "host:port Hubble Relay is told to dial for this agent (default: the TLS listen address; needed when that is a wildcard, e.g. $(POD_IP):4244)")
 		ciliumHubble = flag.String("cilium-hubble-address", "", `the local Cilium agent's Hubble, whose flows are re-served with the container named ("unix:///var/run/cilium/hubble.sock" when empty and the identities are Cilium's; "-" follows none)`)
 		joinEntries  = flag.Int("hubble-join-entries", hubble.DefaultJoinEntries, "connections the Hubble join remembers (an LRU; about 400 bytes each, 24 MiB at the default)")
 		joinTTL      = flag.Duration("hubble-join-ttl", hubble.DefaultJoinTTL, "how long a connection learned from a sidewall event names Cilium's flows of it")
@@ -104,6 +110,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 			return 2
 		}
 	}
+	if *hubbleTLS != agent.Disabled && *hubbleTLS != "" && (*tlsCert == "" || *tlsKey == "") {
+		log.Error("invalid flags: --hubble-tls-listen-address needs --hubble-tls-cert-file and --hubble-tls-key-file", "value", *hubbleTLS)
+		return 2
+	}
 	if *joinEntries <= 0 || *joinTTL <= 0 {
 		log.Error("invalid flags: --hubble-join-entries and --hubble-join-ttl must be positive", "entries", *joinEntries, "ttl", *joinTTL)
 		return 2
@@ -132,6 +142,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot, CRISocket: *criSocket,
 		EventRate: *eventRate, EventBurst: *eventBurst, DenyAggregation: *denyAgg, PodPortShare: *portShare,
 		CiliumHubble: *ciliumHubble, JoinEntries: *joinEntries, JoinTTL: *joinTTL,
+		HubbleTLSAddress: *hubbleTLS, HubbleTLSCertFile: *tlsCert, HubbleTLSKeyFile: *tlsKey,
+		HubbleTLSClientCAFiles: splitList(*tlsCAs), HubblePeerAddress: *peerAddr,
 	})
 	if err == nil {
 		err = n.Wait()
@@ -141,4 +153,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,16 +23,6 @@ import (
 	"github.com/sidewall/sidewall/hack/harness/localnode"
 	"github.com/sidewall/sidewall/hack/harness/testenv"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // TestServe runs the agent as main wires it, against a real API server
 // without Cilium (so --identity-source auto picks local identities) and a
@@ -69,7 +58,7 @@ func TestServe(t *testing.T) {
 			t.Errorf("unpin: %v", err)
 		}
 	})
-	hubbleAddr, httpAddr := freeAddr(t), freeAddr(t)
+	hubbleAddr, httpAddr := harness.FreeAddr(t), harness.FreeAddr(t)
 	sock := filepath.Join(t.TempDir(), "hubble.sock")
 	cg := node.CgroupConfig()
 	sctx, stop := context.WithCancel(ctx)

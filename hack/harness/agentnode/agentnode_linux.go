@@ -50,6 +50,9 @@ type Options struct {
 	// (localnode.Cilium, from the tools `make cilium-tools` builds); it
 	// implies Cilium.
 	CiliumNode bool
+	// HubbleTLS, when Cert is set, also serves the agent's Hubble with
+	// mTLS on a free loopback port, with the Peer service, for Relay.
+	HubbleTLS struct{ CA, Cert, Key string }
 	// CiliumHubble overrides the address of the Cilium Hubble the agent
 	// re-serves (default: the Cilium node's hubble.sock; none elsewhere).
 	CiliumHubble string
@@ -178,11 +181,17 @@ func (n *Node) StartAgent() {
 	if n.opts.CiliumHubble != "" {
 		ciliumHubble = n.opts.CiliumHubble
 	}
+	tlsAddr, cas := agent.Disabled, []string(nil)
+	if n.opts.HubbleTLS.Cert != "" {
+		tlsAddr, cas = "127.0.0.1:0", []string{n.opts.HubbleTLS.CA}
+	}
 	a, err := agent.Start(context.Background(), agent.Options{
 		NodeName: n.Local.Name(), Config: n.Env.Config, PinDir: n.PinDir, MaxEntries: n.opts.MaxEntries,
 		Cgroups: n.Local.CgroupConfig(), HubbleSocket: agent.Disabled, HubbleAddress: "127.0.0.1:0",
 		IdentitySource: ids, Logger: log, CiliumIPCache: ipcache, CRISocket: n.criSocket,
-		CiliumHubble: ciliumHubble,
+		CiliumHubble:     ciliumHubble,
+		HubbleTLSAddress: tlsAddr, HubbleTLSCertFile: n.opts.HubbleTLS.Cert, HubbleTLSKeyFile: n.opts.HubbleTLS.Key,
+		HubbleTLSClientCAFiles: cas,
 	})
 	if err != nil {
 		t.Fatalf("start agent: %v", err)
