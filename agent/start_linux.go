@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
@@ -79,6 +81,10 @@ type Options struct {
 	HubbleTLSAddress, HubbleTLSCertFile, HubbleTLSKeyFile string
 	HubbleTLSClientCAFiles                                []string
 	HubblePeerAddress                                     string
+	// HubblePeerService ("namespace/name") is the Service selecting every
+	// agent's Hubble TLS port: its EndpointSlices are the peers the Peer
+	// service lists (this agent alone when empty).
+	HubblePeerService string
 	// CiliumHubble is the address of the local Cilium agent's Hubble
 	// ("unix:///var/run/cilium/hubble.sock"): its flows are re-served with
 	// the container named (hubble.Joiner). Empty follows
@@ -204,6 +210,7 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	}()
 
 	var obs *hubble.Server
+	var peersOf atomic.Pointer[Agent] // the Peer service's lister, once built
 	var ciliumHubble *hubble.CiliumSource
 	var joiner *hubble.Joiner
 	if o.HubbleSocket != Disabled || o.HubbleAddress != Disabled {
@@ -231,12 +238,20 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 			}
 			name, server := hubble.PeerName(o.NodeName, o.ClusterName), hubble.TLSServerName(o.NodeName, o.ClusterName)
 			peerAddr := o.HubblePeerAddress
+			svcNS, svcName, _ := strings.Cut(o.HubblePeerService, "/")
+			if o.HubblePeerService != "" && (svcNS == "" || svcName == "") {
+				return nil, fmt.Errorf("hubble peer service %q: want namespace/name", o.HubblePeerService)
+			}
 			hopts.Peers = func() []hubble.Peer {
 				addr := peerAddr
 				if addr == "" && obs != nil && obs.TLSAddr() != nil {
 					addr = obs.TLSAddr().String()
 				}
-				return []hubble.Peer{{Name: name, Address: addr, TLSServerName: server}}
+				self := hubble.Peer{Name: name, Address: addr, TLSServerName: server}
+				if a := peersOf.Load(); a != nil {
+					return a.hubblePeers(svcNS, svcName, o.ClusterName, self)
+				}
+				return []hubble.Peer{self}
 			}
 		}
 		obs, err = hubble.New(hopts)
@@ -296,6 +311,7 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	peersOf.Store(a)
 	n := &Node{Agent: a, Datapath: dp, Hubble: obs, CiliumHubble: ciliumHubble, Joiner: joiner, Metrics: m, cancel: cancel, done: make(chan struct{})}
 	if joiner != nil {
 		joiner.SetLookup(a)

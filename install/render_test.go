@@ -408,6 +408,18 @@ func TestAgentHubbleTLSForRelay(t *testing.T) {
 	if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/var/lib/sidewall/hubble-tls" && m.ReadOnly }) {
 		t.Errorf("the certificates are not mounted read-only")
 	}
+	var svc corev1.Service
+	r := render(t, map[string]any{"agent": map[string]any{"hubble": map[string]any{"tls": map[string]any{"enabled": true}}}})
+	find(t, r, "Service", "sidewall-agent-hubble-peer", &svc)
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 4244 || svc.Spec.Ports[0].TargetPort.String() != "hubble-tls" {
+		t.Errorf("peer Service ports %+v", svc.Spec.Ports)
+	}
+	find(t, r, "DaemonSet", "sidewall-agent", &ds)
+	if !slices.ContainsFunc(ds.Spec.Template.Spec.Containers[0].Args, func(a string) bool {
+		return strings.HasPrefix(a, "--hubble-peer-service=") && strings.HasSuffix(a, "/sidewall-agent-hubble-peer")
+	}) {
+		t.Errorf("the agent does not list the peer Service's endpoints")
+	}
 	// Off by default.
 	find(t, render(t, nil), "DaemonSet", "sidewall-agent", &ds)
 	if slices.ContainsFunc(ds.Spec.Template.Spec.Containers[0].Args, func(a string) bool { return strings.HasPrefix(a, "--hubble-tls") }) {

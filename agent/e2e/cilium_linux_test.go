@@ -59,6 +59,9 @@ func TestCiliumNode(t *testing.T) {
 	certs := relayCerts(t)
 	opts := agentnode.Options{Prefix: "e2e", CiliumNode: true}
 	opts.HubbleTLS.CA, opts.HubbleTLS.Cert, opts.HubbleTLS.Key = certs.ca, certs.cert, certs.key
+	// The Service whose EndpointSlices list every agent, for Relay.
+	peerNS := fmt.Sprintf("swpeer-%d", time.Now().UnixNano()%1e9)
+	opts.HubblePeerService = peerNS + "/hubble-peer"
 	n := agentnode.New(t, opts)
 	n.StartController()
 	cc, err := versioned.NewForConfig(n.Env.Config)
@@ -530,7 +533,7 @@ spec:
 	})
 
 	t.Run("sidewall's Hubble names the container of Cilium's flows", func(t *testing.T) {
-		ciliumFlowsNamed(t, n, cc, certs, web, logging, payments)
+		ciliumFlowsNamed(t, n, cc, certs, peerNS, web, logging, payments)
 	})
 }
 

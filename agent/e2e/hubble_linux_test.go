@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http/httptest"
 	"os/exec"
 	"slices"
@@ -16,6 +17,10 @@ import (
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
@@ -88,7 +93,7 @@ func containerOf(ep *flowpb.Endpoint) string {
 
 // ciliumFlowsNamed: Cilium's own flows of the web pod, re-served by
 // sidewall with the container named, through the stock CLI.
-func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, certs hubbleTLS, web, logging, payments *localnode.Pod) {
+func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, certs hubbleTLS, peerNS string, web, logging, payments *localnode.Pod) {
 	since := time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
 	bin, err := harness.Tool("hubble")
 	if err != nil {
@@ -174,7 +179,10 @@ func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, c
 	}
 
 	// Through Hubble Relay (the real one, over Hubble's mTLS, its peer
-	// service the agent's), the same: the sidecar's drop names it.
+	// service the agent's), the same: the sidecar's drop names it. The
+	// Peer service lists every agent the peer Service's EndpointSlices
+	// hold: this one, and one of a node-b that does not answer.
+	peerSlices(t, n, peerNS, n.Agent.Hubble.TLSAddr().(*net.TCPAddr))
 	relay := harness.StartHubbleRelay(t, n.Agent.Hubble.TLSAddr().String(), "default", certs.ca, certs.clientCert, certs.clientKey)
 	relayDrop := func(relay *harness.HubbleRelay) []string {
 		var uuids []string
@@ -203,6 +211,14 @@ func ciliumFlowsNamed(t *testing.T, n *agentnode.Node, cc versioned.Interface, c
 		return uuids
 	}
 	viaRelay := relayDrop(relay)
+	waitFor(t, "Relay to list both agents", func() error {
+		st, _ := exec.Command(bin, "status", "--server", relay.Addr).CombinedOutput()
+		nodes, _ := exec.Command(bin, "list", "nodes", "--server", relay.Addr).CombinedOutput()
+		if !strings.Contains(string(st), "Connected Nodes: 1/2") || !strings.Contains(string(nodes), "node-b") || !strings.Contains(string(nodes), n.Local.Name()) {
+			return fmt.Errorf("hubble status:\n%s\nhubble list nodes:\n%s", st, nodes)
+		}
+		return nil
+	})
 	// Relay restarts: it finds the agent again, and serves each flow once.
 	relay2 := harness.StartHubbleRelay(t, n.Agent.Hubble.TLSAddr().String(), "default", certs.ca, certs.clientCert, certs.clientKey)
 	viaRelay2 := relayDrop(relay2)
@@ -320,4 +336,42 @@ func relayCerts(t *testing.T) hubbleTLS {
 	var c hubbleTLS
 	c.ca, c.cert, c.key, c.clientCert, c.clientKey = harness.HubbleCerts(t, "default")
 	return c
+}
+
+// peerSlices creates the EndpointSlices of the agents' peer Service: the
+// test's agent (its TLS port on the node's address) and a node-b whose agent is
+// down (a port nothing listens on).
+func peerSlices(t *testing.T, n *agentnode.Node, ns string, agentAddr *net.TCPAddr) {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(n.Env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	ip := agentAddr.IP.String()
+	dead, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := dead.Addr().(*net.TCPAddr).Port
+	dead.Close()
+	for i, ep := range []struct {
+		node string
+		port int
+	}{{n.Local.Name(), agentAddr.Port}, {"node-b", deadPort}} {
+		p, name, proto := int32(ep.port), "hubble-tls", corev1.ProtocolTCP
+		sl := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: fmt.Sprintf("hubble-peer-%d", i), Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "hubble-peer"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, NodeName: &ep.node}},
+			Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &p, Protocol: &proto}},
+		}
+		if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, sl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		tlsKey       = flag.String("hubble-tls-key-file", "", "its private key")
 		tlsCAs       = flag.String("hubble-tls-client-ca-files", "", "comma-separated CAs of the clients (Relay) to require certificates of (mTLS); empty: TLS without client certificates")
 		peerAddr     = flag.String("hubble-peer-address", "", "host:port Hubble Relay is told to dial for this agent (default: the TLS listen address; needed when that is a wildcard, e.g. $(POD_IP):4244)")
+		peerService  = flag.String("hubble-peer-service", "", "namespace/name of the Service selecting every agent's Hubble TLS port: the Peer service lists its endpoints, so one Hubble Relay aggregates every agent (empty: this agent alone)")
 		ciliumHubble = flag.String("cilium-hubble-address", "", `the local Cilium agent's Hubble, whose flows are re-served with the container named ("unix:///var/run/cilium/hubble.sock" when empty and the identities are Cilium's; "-" follows none)`)
 		joinEntries  = flag.Int("hubble-join-entries", hubble.DefaultJoinEntries, "connections the Hubble join remembers (an LRU; about 400 bytes each, 24 MiB at the default)")
 		joinTTL      = flag.Duration("hubble-join-ttl", hubble.DefaultJoinTTL, "how long a connection learned from a sidewall event names Cilium's flows of it")
@@ -144,6 +145,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		CiliumHubble: *ciliumHubble, JoinEntries: *joinEntries, JoinTTL: *joinTTL,
 		HubbleTLSAddress: *hubbleTLS, HubbleTLSCertFile: *tlsCert, HubbleTLSKeyFile: *tlsKey,
 		HubbleTLSClientCAFiles: splitList(*tlsCAs), HubblePeerAddress: *peerAddr,
+		HubblePeerService: *peerService,
 	})
 	if err == nil {
 		err = n.Wait()

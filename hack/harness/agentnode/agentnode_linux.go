@@ -17,6 +17,7 @@ import (
 	"time"
 
 	ciliumv2 "github.com/cilium/cilium/pkg/k8s/apis/cilium.io/v2"
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,8 +52,11 @@ type Options struct {
 	// implies Cilium.
 	CiliumNode bool
 	// HubbleTLS, when Cert is set, also serves the agent's Hubble with
-	// mTLS on a free loopback port, with the Peer service, for Relay.
+	// mTLS on a free port of the node's address, with the Peer service,
+	// for Relay.
 	HubbleTLS struct{ CA, Cert, Key string }
+	// HubblePeerService is agent.Options.HubblePeerService.
+	HubblePeerService string
 	// CiliumHubble overrides the address of the Cilium Hubble the agent
 	// re-serves (default: the Cilium node's hubble.sock; none elsewhere).
 	CiliumHubble string
@@ -70,11 +74,13 @@ type Options struct {
 
 // Node is one test's control plane, local node and running agent.
 type Node struct {
-	t      testing.TB
-	opts   Options
-	Env    *testenv.Env
-	Client kubernetes.Interface
-	Local  *localnode.Node
+	t    testing.TB
+	opts Options
+	// hubbleAddr is the address of the agent's Hubble TLS listener.
+	hubbleAddr netip.Addr
+	Env        *testenv.Env
+	Client     kubernetes.Interface
+	Local      *localnode.Node
 	// Namespace is the test's own namespace; policies and pods go there.
 	Namespace string
 	PinDir    string
@@ -183,7 +189,9 @@ func (n *Node) StartAgent() {
 	}
 	tlsAddr, cas := agent.Disabled, []string(nil)
 	if n.opts.HubbleTLS.Cert != "" {
-		tlsAddr, cas = "127.0.0.1:0", []string{n.opts.HubbleTLS.CA}
+		// An address as a pod's would be: an EndpointSlice may not hold
+		// a loopback address.
+		tlsAddr, cas = net.JoinHostPort(n.hubbleIP().String(), "0"), []string{n.opts.HubbleTLS.CA}
 	}
 	a, err := agent.Start(context.Background(), agent.Options{
 		NodeName: n.Local.Name(), Config: n.Env.Config, PinDir: n.PinDir, MaxEntries: n.opts.MaxEntries,
@@ -191,7 +199,7 @@ func (n *Node) StartAgent() {
 		IdentitySource: ids, Logger: log, CiliumIPCache: ipcache, CRISocket: n.criSocket,
 		CiliumHubble:     ciliumHubble,
 		HubbleTLSAddress: tlsAddr, HubbleTLSCertFile: n.opts.HubbleTLS.Cert, HubbleTLSKeyFile: n.opts.HubbleTLS.Key,
-		HubbleTLSClientCAFiles: cas,
+		HubbleTLSClientCAFiles: cas, HubblePeerService: n.opts.HubblePeerService,
 	})
 	if err != nil {
 		t.Fatalf("start agent: %v", err)
@@ -453,4 +461,29 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// hubbleIP is a non-loopback address of the host for the agent's Hubble
+// TLS listener: made once per node on the host's lo (a /32 of
+// 198.18.0.0/15, the benchmarking range; this kernel has no dummy links),
+// removed when the test ends.
+func (n *Node) hubbleIP() netip.Addr {
+	if n.hubbleAddr.IsValid() {
+		return n.hubbleAddr
+	}
+	t := n.t
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatalf("hubble address: %v", err)
+	}
+	b := make([]byte, 2)
+	rand.Read(b)
+	ip := netip.AddrFrom4([4]byte{198, 18 | (b[0] & 1), b[1], 1 + b[0]>>1})
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrAdd(lo, addr); err != nil {
+		t.Fatalf("hubble address %s on lo: %v", ip, err)
+	}
+	t.Cleanup(func() { netlink.AddrDel(lo, addr) })
+	n.hubbleAddr = ip
+	return ip
 }
