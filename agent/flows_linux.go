@@ -28,11 +28,7 @@ func (a *Agent) handleEvent(ev bpfext.Event) {
 		return
 	}
 	oe := a.ToObserverEvent(st, ev)
-	if info, ok := st.Cgroups[ev.CgroupID]; ok {
-		a.learnJoin(st, ev, info)
-	} else if info, ok := st.Cgroups[ev.PolicyCgroupID]; ok {
-		a.learnJoin(st, ev, info)
-	}
+	a.learnJoin(st, ev)
 	pol := oe.Policy.Namespace + "/" + oe.Policy.Name
 	if oe.Policy.Name == "" {
 		pol = ""
@@ -49,13 +45,20 @@ func (a *Agent) handleEvent(ev bpfext.Event) {
 	}
 }
 
+// eventCgroup is the container (or pod) cgroup an event is of: its own,
+// else the one whose policy decided it.
+func eventCgroup(st *State, ev bpfext.Event) (CgroupInfo, bool) {
+	if info, ok := st.Cgroups[ev.CgroupID]; ok {
+		return info, true
+	}
+	info, ok := st.Cgroups[ev.PolicyCgroupID]
+	return info, ok
+}
+
 // ToObserverEvent describes a datapath event with the names the state
 // knows: the container's pod and name, the peer's endpoint, the policy.
 func (a *Agent) ToObserverEvent(st *State, ev bpfext.Event) *hubble.Event {
-	info, ok := st.Cgroups[ev.CgroupID]
-	if !ok {
-		info = st.Cgroups[ev.PolicyCgroupID]
-	}
+	info, _ := eventCgroup(st, ev)
 	self := hubble.Endpoint{Namespace: info.Namespace, PodName: info.Pod, Labels: info.Labels, Identity: info.Identity, ContainerName: info.Container}
 	peerIP := ev.Dst
 	if ev.Direction == bpfext.Ingress {

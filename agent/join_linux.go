@@ -36,13 +36,21 @@ type portKey struct {
 	port  uint16
 }
 
+func refOf(ci CgroupInfo) hubble.ContainerRef {
+	return hubble.ContainerRef{Namespace: ci.Namespace, Pod: ci.Pod, Container: ci.Container, PodUID: string(ci.PodUID)}
+}
+
 // learnJoin records the connection of a datapath event for the joiner.
-func (a *Agent) learnJoin(st *State, ev bpfext.Event, info CgroupInfo) {
+func (a *Agent) learnJoin(st *State, ev bpfext.Event) {
 	j := a.cfg.Joiner
-	if j == nil || ev.Local || !ev.Src.IsValid() || !ev.Dst.IsValid() || info.Container == "" {
+	if j == nil || ev.Local || !ev.Src.IsValid() || !ev.Dst.IsValid() {
 		return
 	}
-	ref := hubble.ContainerRef{Namespace: info.Namespace, Pod: info.Pod, Container: info.Container, PodUID: string(info.PodUID)}
+	info, ok := eventCgroup(st, ev)
+	if !ok || info.Container == "" {
+		return
+	}
+	ref := refOf(info)
 	src, dst := netip.AddrPortFrom(ev.Src, ev.SrcPort), netip.AddrPortFrom(ev.Dst, ev.DstPort)
 	if ev.Direction == bpfext.Ingress {
 		j.Learn(ev.Protocol, dst, src, ref)
@@ -51,7 +59,7 @@ func (a *Agent) learnJoin(st *State, ev bpfext.Event, info CgroupInfo) {
 	}
 }
 
-// index returns the lookup tables of the current state, rebuilt when the
+// joinIndexLocked returns the lookup tables of the current state, rebuilt when the
 // state changed. The caller holds a.join.mu.
 func (a *Agent) joinIndexLocked() *joinIndex {
 	x := &a.join
@@ -82,7 +90,7 @@ func (a *Agent) joinIndexLocked() *joinIndex {
 	x.refs = map[uint64]hubble.ContainerRef{}
 	for cg, ci := range st.Cgroups {
 		if !ci.PodCgroup && ci.Container != "" {
-			x.refs[cg] = hubble.ContainerRef{Namespace: ci.Namespace, Pod: ci.Pod, Container: ci.Container, PodUID: string(ci.PodUID)}
+			x.refs[cg] = refOf(ci)
 		}
 	}
 	x.read = time.Time{}
@@ -146,13 +154,13 @@ func (a *Agent) forgetJoin(old, cur *State) {
 	for _, ci := range cur.Cgroups {
 		live[ci.PodUID] = true
 	}
-	gone := map[types.UID]bool{}
+	gone := map[string]bool{}
 	for _, ci := range old.Cgroups {
 		if !live[ci.PodUID] {
-			gone[ci.PodUID] = true
+			gone[string(ci.PodUID)] = true
 		}
 	}
-	for uid := range gone {
-		a.cfg.Joiner.ForgetPod(string(uid))
+	if len(gone) > 0 {
+		a.cfg.Joiner.ForgetPods(gone)
 	}
 }

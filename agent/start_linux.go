@@ -23,7 +23,6 @@ import (
 
 	"github.com/sidewall/sidewall/agent/cgroups"
 	"github.com/sidewall/sidewall/agent/cri"
-
 	"github.com/sidewall/sidewall/agent/hubble"
 	"github.com/sidewall/sidewall/agent/identity"
 	"github.com/sidewall/sidewall/bpfext"
@@ -267,13 +266,11 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 		if err := obs.Listen(); err != nil {
 			return nil, err
 		}
-		if a := obs.TLSAddr(); a != nil && o.HubblePeerAddress == "" {
-			if ip := a.(*net.TCPAddr).IP; ip.IsUnspecified() {
+		if a := obs.TLSAddr(); a != nil {
+			if o.HubblePeerAddress == "" && a.(*net.TCPAddr).IP.IsUnspecified() {
 				obs.Close()
 				return nil, fmt.Errorf("hubble TLS address %s is not one Relay can dial: set the peer address (the pod's IP and the port)", a)
 			}
-		}
-		if a := obs.TLSAddr(); a != nil {
 			log.Info("serving hubble observer and peer service with TLS, for Hubble Relay", "addr", a, "mTLS", len(o.HubbleTLSClientCAFiles) > 0)
 		}
 	}

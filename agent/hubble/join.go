@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,7 +34,7 @@ const (
 // ContainerRef names a container of a pod on this node.
 type ContainerRef struct {
 	Namespace, Pod, Container string
-	// PodUID groups the entries of one pod (Joiner.ForgetPod).
+	// PodUID groups the entries of one pod (Joiner.ForgetPods).
 	PodUID string
 }
 
@@ -125,13 +126,14 @@ func (j *Joiner) removeLocked(el *list.Element) {
 	j.lru.Remove(el)
 }
 
-// ForgetPod drops what was learned for a pod that is gone.
-func (j *Joiner) ForgetPod(uid string) {
+// ForgetPods drops what was learned for pods that are gone (by UID), in
+// one pass over the state.
+func (j *Joiner) ForgetPods(uids map[string]bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for el := j.lru.Front(); el != nil; {
 		next := el.Next()
-		if el.Value.(*joinEntry).ref.PodUID == uid {
+		if uids[el.Value.(*joinEntry).ref.PodUID] {
 			j.removeLocked(el)
 		}
 		el = next
@@ -233,7 +235,7 @@ func (j *Joiner) Join(f *flowpb.Flow) string {
 		names = append(names, "to "+dstRef.Container)
 	}
 	if len(names) > 0 {
-		sum := "container " + joinWords(names)
+		sum := "container " + strings.Join(names, ", ")
 		if f.Summary != "" {
 			sum = f.Summary + "; " + sum
 		}
@@ -249,14 +251,6 @@ func (j *Joiner) Join(f *flowpb.Flow) string {
 	return how
 }
 
-func joinWords(s []string) string {
-	out := s[0]
-	for _, w := range s[1:] {
-		out += ", " + w
-	}
-	return out
-}
-
 // sameEndpoint: the container is of the pod Cilium names, so a stale
 // entry (an address reused by another pod) never names a container.
 func sameEndpoint(ep *flowpb.Endpoint, ref ContainerRef) bool {
@@ -266,10 +260,8 @@ func sameEndpoint(ep *flowpb.Endpoint, ref ContainerRef) bool {
 func withContainerLabel(ls []string, name string) []string {
 	lb := labels.NewLabel(ContainerLabel, name, labels.LabelSourceK8s)
 	l := lb.String()
-	for _, x := range ls {
-		if x == l {
-			return ls
-		}
+	if slices.Contains(ls, l) {
+		return ls
 	}
 	ls = append(ls, l)
 	slices.Sort(ls)

@@ -212,9 +212,9 @@ func TestJoinStateIsBounded(t *testing.T) {
 
 	// A removed pod's entries go.
 	j.Learn(ProtoTCP, ap(4), remote, ContainerRef{Namespace: "shop", Pod: "db", Container: "db", PodUID: "uid-db"})
-	j.ForgetPod("uid-web")
+	j.ForgetPods(map[string]bool{"uid-web": true})
 	if s := j.Stats(); s.Entries != 1 {
-		t.Errorf("after ForgetPod(uid-web): %+v, want only the db entry", s)
+		t.Errorf("after ForgetPods(uid-web): %+v, want only the db entry", s)
 	}
 }
 

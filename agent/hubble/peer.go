@@ -8,7 +8,9 @@ import (
 
 	peerpb "github.com/cilium/cilium/api/v1/peer"
 	"github.com/cilium/cilium/pkg/crypto/certloader"
+	ciliumdefaults "github.com/cilium/cilium/pkg/defaults"
 	ciliumpeer "github.com/cilium/cilium/pkg/hubble/peer"
+	nodetypes "github.com/cilium/cilium/pkg/node/types"
 )
 
 // Peer is a Hubble server that Hubble Relay should aggregate: a sidewall
@@ -25,12 +27,13 @@ type Peer struct {
 }
 
 // PeerName is what Cilium's Peer service calls a node: its name, or
-// "cluster/name" outside the default cluster (types.Node.Fullname).
+// "cluster/name" outside the default cluster (Cilium's Node.Fullname).
 func PeerName(node, cluster string) string {
-	if cluster == "" || cluster == "default" {
-		return node
+	if cluster == "" {
+		cluster = ciliumdefaults.ClusterName
 	}
-	return cluster + "/" + node
+	n := nodetypes.Node{Name: node, Cluster: cluster}
+	return n.Fullname()
 }
 
 // TLSServerName is Hubble's TLS server name of a node's Hubble API,
