@@ -77,6 +77,17 @@ type Config struct {
 	// its cgroup appears, so the container is classified without waiting
 	// for kubelet to write its id into the pod status (cri.Client).
 	Runtime ContainerRuntime
+	// PodNetns, if set, gives the path of a pod's network namespace, where
+	// the DNS proxy of a pod with toFQDNs rules listens; by default the
+	// namespace of a process in the pod's cgroup.
+	PodNetns func(pod *corev1.Pod) (string, error)
+	// FQDNMinTTL is the least time a DNS answer counts for (Cilium's
+	// tofqdns-min-ttl; DefaultFQDNMinTTL when 0).
+	FQDNMinTTL time.Duration
+	// FQDNMaxPerContainer bounds the addresses one container may have
+	// learned at once (DefaultFQDNMaxPerContainer when 0, no bound but the
+	// map's when negative).
+	FQDNMaxPerContainer int
 	// CiliumIPCachePath is the pin of the Cilium ipcache the datapath was
 	// loaded with (empty: none). Cilium re-creates the map when its agent
 	// restarts; the agent then loads the verdict with the new one.
@@ -141,6 +152,8 @@ type Agent struct {
 	// (reconcile only; ipcacheSeen is read by watchSignals).
 	ipcacheIno  uint64
 	ipcacheSeen atomic.Uint64
+	// dns holds the pods' DNS proxies and what they learned (dns_linux.go).
+	dns dnsState
 }
 
 // GVR of ContainerNetworkPolicies.
@@ -203,6 +216,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("register event budget metrics: %w", err)
 	}
 	a.tables = a.newTables()
+	a.dnsInit()
 	return a, nil
 }
 
@@ -220,6 +234,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer a.queue.ShutDown()
+	defer a.stopDNS()
 
 	if err := a.adopt(); err != nil {
 		return err

@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sort"
+	"strings"
+
+	"github.com/cilium/cilium/pkg/fqdn/dns"
 
 	"github.com/cilium/cilium/pkg/labels"
 	"github.com/cilium/cilium/pkg/policy/api"
@@ -95,9 +99,34 @@ type State struct {
 	RuleInfos map[uint32]RuleInfo
 	// CIDRLabels are the labels of the CIDR identities.
 	CIDRLabels map[uint32]labels.LabelArray
+	// FQDN lists, per datapath policy id, the toFQDNs selectors of the
+	// container's policy, by their index (bpfext.FQDNPeer): what the
+	// pod's DNS proxy learns addresses for.
+	FQDN map[uint32][]FQDNSelector
 	// Warnings are non-fatal compile problems.
 	Warnings []string
 }
+
+// FQDNSelector is one toFQDNs selector of a container's policy.
+type FQDNSelector struct {
+	// Index is the selector's number in the datapath (bpfext.FQDNPeer).
+	Index    int
+	Selector api.FQDNSelector
+	// Rules are the rules that carry it (policy and field path).
+	Rules []RuleInfo
+	// Regexp is Cilium's matcher of the selector (FQDNSelector.ToRegex):
+	// it matches a lower-case fully qualified name.
+	Regexp *regexp.Regexp
+}
+
+// Matches reports whether the selector matches a DNS name, as Cilium's
+// name manager matches it: lower-cased and fully qualified.
+func (s FQDNSelector) Matches(name string) bool {
+	return s.Regexp != nil && s.Regexp.MatchString(dns.FQDN(strings.ToLower(name)))
+}
+
+// String is the selector as written: the name, or the pattern.
+func (s FQDNSelector) String() string { return translator.FQDNString(&s.Selector) }
 
 // IDs allocates the numbers the datapath uses, keyed by what they stand
 // for, so that a number stays the same across compiles (and, seeded from the
@@ -219,6 +248,7 @@ func Compile(in Input, ids *IDs) *State {
 		Policies:   map[uint32][]translator.PolicyRef{},
 		RuleInfos:  map[uint32]RuleInfo{},
 		CIDRLabels: map[uint32]labels.LabelArray{},
+		FQDN:       map[uint32][]FQDNSelector{},
 	}}
 	c.used.pods, c.used.policies, c.used.rules, c.used.cidrs = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
 	c.podSelectors = map[*translator.RuleSet]*policytypes.LabelSelector{}
@@ -503,6 +533,7 @@ func (c *compiler) container(pod *corev1.Pod, sets []*translator.RuleSet, all []
 		refs = append(refs, rs.Policy)
 	}
 	var rules []bpfext.Rule
+	var fqdns []FQDNSelector
 	for _, s := range srcs {
 		if s.exclusive && !slices.Contains(refs, s.rs.Policy) {
 			refs = append(refs, s.rs.Policy)
@@ -512,11 +543,27 @@ func (c *compiler) container(pod *corev1.Pod, sets []*translator.RuleSet, all []
 			key += "/exclusive"
 		}
 		ruleID := alloc(c.ids.rules, &c.ids.nextRule, key, c.used.rules)
-		c.out.RuleInfos[ruleID] = RuleInfo{Policy: s.rs.Policy, Origin: s.rule.Origin}
+		info := RuleInfo{Policy: s.rs.Policy, Origin: s.rule.Origin}
+		c.out.RuleInfos[ruleID] = info
+		if s.rule.Peer.Kind == translator.PeerFQDN {
+			idx, ok := fqdnIndex(&fqdns, s.rule.Peer.FQDN, info)
+			if !ok {
+				// Fail closed: the rule allows nothing.
+				c.warn("pod %s/%s container %s: %s of %s/%s not enforced: more than %d distinct toFQDNs selectors",
+					pod.Namespace, pod.Name, ct.Name, s.rule.Origin, s.rs.Policy.Namespace, s.rs.Policy.Name, bpfext.FQDNSelectors)
+				continue
+			}
+			rules = append(rules, c.portRules(s.rule, []peer{{id: bpfext.FQDNPeer(idx)}}, entry.PolicyID, ruleID, false)...)
+			continue
+		}
 		rules = append(rules, c.rules(s.rule, entry.PolicyID, ruleID, s.exclusive, all)...)
 		if c.in.HostByPolicy && !s.exclusive {
 			rules = append(rules, proxiedIngress(s.rule, entry.PolicyID, ruleID)...)
 		}
+	}
+	if len(fqdns) > 0 && egress {
+		entry.FQDN = true
+		c.out.FQDN[entry.PolicyID] = fqdns
 	}
 	if ingress && !c.in.HostByPolicy {
 		// Cilium's allow-localhost: with ingress default deny, Cilium adds
@@ -571,6 +618,33 @@ func (c *compiler) rules(r *translator.Rule, policyID, ruleID uint32, exclusive 
 		peers = c.peers(r.Peer, nil)
 		c.peerCache[r] = peers
 	}
+	return c.portRules(r, peers, policyID, ruleID, exclusive)
+}
+
+// fqdnIndex gives a toFQDNs selector its index among the container's
+// (the same selector in several rules shares one), or false when the
+// container has FQDNSelectors others already.
+func fqdnIndex(sels *[]FQDNSelector, sel *api.FQDNSelector, info RuleInfo) (int, bool) {
+	for i := range *sels {
+		if (*sels)[i].Selector == *sel {
+			(*sels)[i].Rules = append((*sels)[i].Rules, info)
+			return i, true
+		}
+	}
+	if len(*sels) >= bpfext.FQDNSelectors {
+		return 0, false
+	}
+	re, err := sel.ToRegex()
+	if err != nil {
+		// Validate refused such a selector already; match nothing.
+		re = nil
+	}
+	*sels = append(*sels, FQDNSelector{Index: len(*sels), Selector: *sel, Rules: []RuleInfo{info}, Regexp: re})
+	return len(*sels) - 1, true
+}
+
+// portRules gives one datapath rule per peer and port range of r.
+func (c *compiler) portRules(r *translator.Rule, peers []peer, policyID, ruleID uint32, exclusive bool) []bpfext.Rule {
 	if len(peers) == 0 {
 		return nil
 	}

@@ -107,6 +107,7 @@ func (a *Agent) ToObserverEvent(st *State, ev bpfext.Event) *hubble.Event {
 	if ev.Reason == bpfext.ReasonRuleAllow || ev.Reason == bpfext.ReasonRuleDeny || ev.Reason == bpfext.ReasonExclusive {
 		oe.Match = hubble.MatchL3L4
 	}
+	oe.Note = a.fqdnNote(st, ev)
 	if ri, ok := st.RuleInfos[ev.RuleID]; ok && ev.RuleID != 0 {
 		oe.Policy = hubble.Policy{Namespace: ri.Policy.Namespace, Name: ri.Policy.Name, ID: ev.PolicyID}
 	} else if refs := st.Policies[ev.PolicyID]; len(refs) > 0 {

@@ -25,6 +25,9 @@ type Metrics struct {
 	policyErrors      prometheus.Counter
 	runtimeErrors     prometheus.Counter
 	podsFailClosed    *prometheus.GaugeVec
+	dnsAnswers        *prometheus.CounterVec
+	dnsDropped        prometheus.Counter
+	fqdnAddresses     prometheus.Gauge
 }
 
 // NewMetrics registers the agent's metrics on reg; a new registry (with the
@@ -75,8 +78,21 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "sidewall_pods_fail_closed",
 			Help: "Selected pods whose restricted containers deny everything instead of running their policy, by reason (map_full: the datapath maps cannot hold the policy).",
 		}, []string{"reason"}),
+		dnsAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidewall_dns_answers_total",
+			Help: "DNS answers the DNS proxy passed to containers with toFQDNs rules, by result: learned (addresses written), no_match (no toFQDNs selector matches the name), no_address, full (the FQDN map or the container's share is full: nothing learned, fail closed) or error.",
+		}, []string{"result"}),
+		dnsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidewall_dns_dropped_total",
+			Help: "Queries and answers the DNS proxy dropped: not sent through the datapath, malformed, not answering the query, or the server unreachable.",
+		}),
+		fqdnAddresses: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sidewall_fqdn_learned_entries",
+			Help: "Learned (container, address) entries in the FQDN map, after the last expiry sweep.",
+		}),
 	}
-	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.attachErrors, m.policyErrors, m.runtimeErrors, m.podsFailClosed)
+	reg.MustRegister(m.verdicts, m.mapEntries, m.timeToClassify, m.reconcileDuration, m.reconcileErrors, m.attachErrors, m.policyErrors, m.runtimeErrors, m.podsFailClosed,
+		m.dnsAnswers, m.dnsDropped, m.fqdnAddresses)
 	return m
 }
 

@@ -167,6 +167,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err := a.apply(desired, changed, in.Pods); err != nil {
 		return err
 	}
+	a.syncDNS(desired, in.Pods)
 	a.watchPods(in.Pods)
 	a.forgetGonePods(in.Pods)
 	a.forgetJoin(a.state.Swap(desired), desired)

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
 	"github.com/cilium/cilium/pkg/policy/api"
 	"github.com/cilium/ebpf"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -122,6 +123,11 @@ type Options struct {
 	Resync time.Duration
 	// AllowLocalhost is Cilium's allow-localhost option (Config).
 	AllowLocalhost string
+	// FQDNMinTTL, FQDNMaxPerContainer and PodNetns configure toFQDNs
+	// learning (Config).
+	FQDNMinTTL          time.Duration
+	FQDNMaxPerContainer int
+	PodNetns            func(pod *corev1.Pod) (string, error)
 	// Version is reported by the Hubble server.
 	Version string
 	// Logger receives the agent's logs; nil discards them.
@@ -304,6 +310,7 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 		NodeName: o.NodeName, Client: client, Dynamic: dyn, Identities: src, Datapath: dp,
 		Cgroups: resolver, Observer: obs, Joiner: joiner, Metrics: m, Events: rec, Logger: log, Resync: o.Resync,
 		AllowLocalhost: o.AllowLocalhost, Runtime: runtimeOf(rt), CiliumIPCachePath: ipcPath,
+		FQDNMinTTL: o.FQDNMinTTL, FQDNMaxPerContainer: o.FQDNMaxPerContainer, PodNetns: o.PodNetns,
 	})
 	if err != nil {
 		return nil, err

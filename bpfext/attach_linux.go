@@ -22,7 +22,8 @@ type entryHook struct {
 // first, since it alone is authoritative; the socket hooks after it make a
 // deny prompt (EPERM at connect/sendto); post_bind and sock_release keep
 // the pod's bound-port table and refuse a restricted container another
-// container's port.
+// container's port; recvmsg gives a DNS answer the proxy relayed the
+// address of the server the container asked (toFQDNs).
 var entryHooks = []entryHook{
 	{"egress", ebpf.AttachCGroupInetEgress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryEgress }},
 	{"ingress", ebpf.AttachCGroupInetIngress, func(d *Datapath) *ebpf.Program { return d.skb.SwEntryIngress }},
@@ -33,6 +34,8 @@ var entryHooks = []entryHook{
 	{"post_bind4", ebpf.AttachCGroupInet4PostBind, func(d *Datapath) *ebpf.Program { return d.sock.SwPostBind4 }},
 	{"post_bind6", ebpf.AttachCGroupInet6PostBind, func(d *Datapath) *ebpf.Program { return d.sock.SwPostBind6 }},
 	{"sock_release", ebpf.AttachCgroupInetSockRelease, func(d *Datapath) *ebpf.Program { return d.sock.SwSockRelease }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(d *Datapath) *ebpf.Program { return d.sock.SwRecvmsg4 }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(d *Datapath) *ebpf.Program { return d.sock.SwRecvmsg6 }},
 }
 
 // attachFault, when set (tests only), fails the attachment of a hook.

@@ -29,6 +29,9 @@ func (c Container) info() (objs.SkbContainerInfo, error) {
 	if c.FailOpen {
 		f |= cfFailOpen
 	}
+	if c.FQDN {
+		f |= cfFQDN
+	}
 	return objs.SkbContainerInfo{PolicyId: c.PolicyID, PodId: c.PodID, ContainerId: c.ContainerID, Flags: f}, nil
 }
 

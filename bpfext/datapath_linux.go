@@ -403,7 +403,9 @@ func (d *Datapath) MapsByName() map[string]*ebpf.Map {
 		objs.SkbMapSwDenySeen: m.SwDenySeen, objs.SkbMapSwPods: m.SwPods,
 		objs.SkbMapSwPolicies: m.SwPolicies, objs.SkbMapSwRules: m.SwRules,
 		objs.SkbMapSwConfig: m.SwConfig, objs.SkbMapSwSockCache: m.SwSockCache,
-		objs.SkbMapSwCiliumIpcache:  m.SwCiliumIpcache,
+		objs.SkbMapSwCiliumIpcache: m.SwCiliumIpcache,
+		objs.SkbMapSwFqdn:          m.SwFqdn, objs.SkbMapSwDnsProxy: m.SwDnsProxy,
+		objs.SkbMapSwDnsOrig: m.SwDnsOrig, objs.SkbMapSwDnsPending: m.SwDnsPending,
 		objs.SockMapSwCallsConnect4: s.SwCallsConnect4, objs.SockMapSwCallsConnect6: s.SwCallsConnect6,
 		objs.SockMapSwCallsSendmsg4: s.SwCallsSendmsg4, objs.SockMapSwCallsSendmsg6: s.SwCallsSendmsg6,
 	}

@@ -18,6 +18,7 @@ const (
 	cfAudit             = uint32(objs.SkbContainerFlagCF_AUDIT)
 	cfDenyAll           = uint32(objs.SkbContainerFlagCF_DENY_ALL)
 	cfFailOpen          = uint32(objs.SkbContainerFlagCF_FAIL_OPEN)
+	cfFQDN              = uint32(objs.SkbContainerFlagCF_FQDN)
 
 	raAllow     = uint8(objs.SkbRuleActionRA_ALLOW)
 	raDeny      = uint8(objs.SkbRuleActionRA_DENY)

@@ -17,4 +17,6 @@ const (
 	MapBoundPorts  = objs.SkbMapSwBound
 	MapPodPorts    = objs.SkbMapSwPodPorts
 	MapEvents      = objs.SkbMapSwEvents
+	MapFQDN        = objs.SkbMapSwFqdn
+	MapDNSPending  = objs.SkbMapSwDnsPending
 )

@@ -168,6 +168,27 @@ type Container struct {
 	// FailOpen lets traffic pass when the verdict program slot is empty;
 	// without it the entry programs deny (fail closed).
 	FailOpen bool
+	// FQDN: the container has toFQDNs rules. Its DNS to an allowed server
+	// goes through the pod's DNS proxy (SetDNSProxy), and an address it
+	// learned (LearnFQDN) is a peer FQDNPeer(n) of its rules.
+	FQDN bool
+}
+
+// FQDNSelectors is how many distinct toFQDNs selectors one container's
+// policy may have: the learned entry holds one expiry for each.
+const FQDNSelectors = int(objs.SkbFqdnLimitFQDN_SELECTORS)
+
+// FQDNPeer is the rule peer that stands for a container's n-th toFQDNs
+// selector: the addresses it learned for that selector.
+func FQDNPeer(n int) uint32 { return uint32(objs.SkbFqdnLimitFQDN_PEER_BASE) + uint32(n) }
+
+// FQDNSelectorOf returns n for a peer FQDNPeer(n).
+func FQDNSelectorOf(peer uint32) (int, bool) {
+	base := uint32(objs.SkbFqdnLimitFQDN_PEER_BASE)
+	if peer < base || peer >= base+uint32(FQDNSelectors) {
+		return 0, false
+	}
+	return int(peer - base), true
 }
 
 // Pod holds the pod's own addresses, which count as pod-local next to

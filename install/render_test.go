@@ -138,6 +138,7 @@ func TestControllerRoleMatchesGenerated(t *testing.T) {
 var agentCalls = map[string][]rbacv1.PolicyRule{
 	"common": {
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"update"}}, // the FQDNLearning condition
 		{APIGroups: []string{"sidewall.io"}, Resources: []string{"containernetworkpolicies"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
@@ -195,7 +196,7 @@ func TestAgentRoleCoversCalls(t *testing.T) {
 			if m := covers(role.Rules, need); len(m) > 0 {
 				t.Errorf("agent ClusterRole misses %v", m)
 			}
-			// Least privilege: nothing beyond the calls; the only writes are Events.
+			// Least privilege: nothing beyond the calls; the only writes are Events and the pods' FQDNLearning condition.
 			if extra := covers(need, role.Rules); len(extra) > 0 {
 				t.Errorf("agent ClusterRole grants more than the agent calls: %v", extra)
 			}
@@ -250,8 +251,10 @@ func TestAgentDaemonSetMounts(t *testing.T) {
 			var ds appsv1.DaemonSet
 			find(t, render(t, tc.values), "DaemonSet", "sidewall-agent", &ds)
 			spec := ds.Spec.Template.Spec
-			if spec.HostNetwork || spec.HostPID || spec.HostIPC {
-				t.Errorf("agent shares a host namespace: network %v pid %v ipc %v", spec.HostNetwork, spec.HostPID, spec.HostIPC)
+			// hostPID only: the DNS proxy enters a pod's network namespace
+			// through /proc/PID/ns/net.
+			if spec.HostNetwork || !spec.HostPID || spec.HostIPC {
+				t.Errorf("agent host namespaces: network %v pid %v ipc %v, want pid only", spec.HostNetwork, spec.HostPID, spec.HostIPC)
 			}
 			c := spec.Containers[0]
 			flags := map[string]string{}

@@ -332,6 +332,8 @@ func peerString(p Peer) string {
 		return s
 	case PeerContainers:
 		return "containers " + ContainerSummary(p.Containers)
+	case PeerFQDN:
+		return "fqdn " + FQDNString(p.FQDN)
 	}
 	return "any"
 }
@@ -374,4 +376,16 @@ func selectorString(es *api.EndpointSelector) string {
 		return "{}"
 	}
 	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// FQDNString is a toFQDNs selector as a user wrote it: the name, or the
+// pattern.
+func FQDNString(f *api.FQDNSelector) string {
+	if f == nil {
+		return ""
+	}
+	if f.MatchName != "" {
+		return f.MatchName
+	}
+	return f.MatchPattern
 }

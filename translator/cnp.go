@@ -175,10 +175,13 @@ func ToCNPWith(p *v1alpha1.ContainerNetworkPolicy, opts CNPOptions) (*ciliumv2.C
 	}
 	for i := range p.Spec.Egress {
 		r := &p.Spec.Egress[i]
-		if r.ToContainers != nil || (!hasEgressPeer(&r.EgressCommonRule) && r.ToPorts == nil) {
+		if r.ToContainers != nil || (!hasEgressPeer(&r.EgressCommonRule) && r.ToPorts == nil && r.ToFQDNs == nil) {
 			continue
 		}
 		rule.Egress = append(rule.Egress, r.CiliumRule())
+	}
+	if hasFQDNs(&p.Spec) {
+		dnsVisibility(rule.Egress)
 	}
 	for i := range p.Spec.Ingress {
 		r := &p.Spec.Ingress[i]
@@ -236,6 +239,56 @@ func ToCNPWith(p *v1alpha1.ContainerNetworkPolicy, opts CNPOptions) (*ciliumv2.C
 		Spec: rule,
 	}
 	return cnp, l7, nil
+}
+
+// hasFQDNs reports whether an egress rule of the spec has toFQDNs.
+func hasFQDNs(spec *v1alpha1.ContainerNetworkPolicySpec) bool {
+	for i := range spec.Egress {
+		if spec.Egress[i].ToFQDNs != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// dnsVisibility gives the policy's DNS grants (port 53 exactly, UDP, TCP or
+// ANY, without HTTP rules) Cilium's DNS rule matchPattern "*", so that
+// Cilium's DNS proxy sees the pod's lookups and opens the toFQDNs names at
+// pod level too; every name may still be looked up. Ports of the same
+// toPorts entry other than 53 keep an entry of their own, without it.
+func dnsVisibility(rules []api.EgressRule) {
+	for i := range rules {
+		r := &rules[i]
+		if r.ToFQDNs != nil {
+			continue
+		}
+		var out api.PortRules
+		for _, pr := range r.ToPorts {
+			if pr.Rules != nil && !pr.Rules.IsEmpty() {
+				out = append(out, pr)
+				continue
+			}
+			var dns, other []api.PortProtocol
+			for _, pp := range pr.Ports {
+				if pp.Port == "53" && (pp.EndPort == 0 || pp.EndPort == 53) && pp.Protocol != api.ProtoSCTP {
+					dns = append(dns, pp)
+				} else {
+					other = append(other, pp)
+				}
+			}
+			if len(dns) == 0 {
+				out = append(out, pr)
+				continue
+			}
+			if len(other) > 0 {
+				rest := pr
+				rest.Ports = other
+				out = append(out, rest)
+			}
+			out = append(out, api.PortRule{Ports: dns, Rules: &api.L7Rules{DNS: []api.PortRuleDNS{{MatchPattern: "*"}}}})
+		}
+		r.ToPorts = out
+	}
 }
 
 // hasHTTPRules reports whether an allow rule of the spec has HTTP rules.

@@ -59,7 +59,7 @@ func TestStatusKeepsTransitionTimes(t *testing.T) {
 		t.Error("Status modified the policy's conditions in place")
 	}
 
-	st = Status(p, StatusInput{Invalid: Validate(casePolicy(t, "reject-tofqdns"))})
+	st = Status(p, StatusInput{Invalid: Validate(casePolicy(t, "reject-tofqdns-bad-pattern"))})
 	if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionAccepted); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "spec.egress[0].toFQDNs") {
 		t.Errorf("Accepted = %+v, want False naming spec.egress[0].toFQDNs", c)
 	}

@@ -86,7 +86,10 @@ func TestCiliumEngine(t *testing.T) {
 					}
 					v := r.Lookup(p.dir == Egress, id, p.proto, p.port)
 					res := probeResult{Context: ctx.name, Probe: p.String(), Cilium: v.String()}
-					if v.Redirected {
+					if v.Redirected && p.port == 53 && ruleSetHasFQDN(rs) {
+						// The DNS rule the CNP adds for toFQDNs (every name).
+						res.Cilium = "redirected to the DNS proxy"
+					} else if v.Redirected {
 						rules, wildcard := r.HTTPRules(p.dir == Egress, id, p.port)
 						res.HTTP = rules
 						if wildcard {
@@ -383,6 +386,8 @@ func expectedCilium(rs *RuleSet, probes []probe) []probeResult {
 				}
 			}
 			switch {
+			case allowed && !l7 && p.dir == Egress && p.port == 53 && ruleSetHasFQDN(rs):
+				res.Cilium = "redirected to the DNS proxy"
 			case l7:
 				if ctx.name == "other-l7" && p.labels != nil && ctx.others(rs.Policy.Namespace, rs) != nil {
 					http = append(http, envoyHTTP(otherHTTP))
@@ -445,4 +450,14 @@ func envoyHTTP(h api.PortRuleHTTP) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
+}
+
+// ruleSetHasFQDN: the CNP gives the policy's port-53 grants Cilium's DNS rule.
+func ruleSetHasFQDN(rs *RuleSet) bool {
+	for _, r := range rs.Rules {
+		if r.Peer.Kind == PeerFQDN {
+			return true
+		}
+	}
+	return false
 }

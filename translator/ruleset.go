@@ -66,6 +66,10 @@ const (
 	// PeerAny: any peer outside the pod, from a Cilium rule with toPorts and
 	// no peer field.
 	PeerAny PeerKind = "Any"
+	// PeerFQDN: Peer.FQDN, a Cilium FQDNSelector (egress only): the
+	// addresses that DNS answers the container itself received map a
+	// matching name to, until the answers expire.
+	PeerFQDN PeerKind = "FQDN"
 )
 
 // Peer is the other end of the traffic.
@@ -76,6 +80,7 @@ type Peer struct {
 	CIDR       string                      `json:"cidr,omitempty"`
 	Except     []string                    `json:"except,omitempty"`
 	Containers *v1alpha1.ContainerSelector `json:"containers,omitempty"`
+	FQDN       *api.FQDNSelector           `json:"fqdn,omitempty"`
 }
 
 // PortRange is a protocol and an inclusive port range From..To. Cilium's port
@@ -232,6 +237,10 @@ func ToRuleSet(p *v1alpha1.ContainerNetworkPolicy) (*RuleSet, error) {
 
 	sp := field.NewPath("spec")
 	for i, j := range egressOrigin {
+		if fq := spec.Egress[j].ToFQDNs; fq != nil {
+			rs.Rules = append(rs.Rules, fqdnRules(fq, portRanges(spec.Egress[j].ToPorts), sp.Child("egress").Index(j))...)
+			continue
+		}
 		rs.Rules = append(rs.Rules, egressRules(Egress, Allow, &parsed.Egress[i].EgressCommonRule, portRanges(spec.Egress[j].ToPorts), sp.Child("egress").Index(j))...)
 	}
 	for i := range spec.Egress {
@@ -267,8 +276,11 @@ func ToRuleSet(p *v1alpha1.ContainerNetworkPolicy) (*RuleSet, error) {
 	if exclusive(p) {
 		for _, r := range rs.Rules {
 			// Only grants that reach the generated CNP widen the pod;
-			// pod-local traffic never passes Cilium's policy.
-			if r.Action != Allow || r.Peer.Kind == PeerContainers {
+			// pod-local traffic never passes Cilium's policy. A toFQDNs
+			// grant is never exclusive: whether a sibling could reach an
+			// address would then depend on the subject's lookups
+			// (docs/semantics.md, toFQDNs).
+			if r.Action != Allow || r.Peer.Kind == PeerContainers || r.Peer.Kind == PeerFQDN {
 				continue
 			}
 			r.Action = Deny
@@ -293,6 +305,17 @@ func modeOf(spec *v1alpha1.ContainerNetworkPolicySpec) v1alpha1.PolicyMode {
 
 func containerRule(dir Direction, action Action, sel *v1alpha1.ContainerSelector, ports []PortRange, origin *field.Path) Rule {
 	return Rule{Direction: dir, Action: action, Peer: Peer{Kind: PeerContainers, Containers: sel.DeepCopy()}, Ports: ports, Origin: origin.String()}
+}
+
+// fqdnRules gives one egress allow Rule per toFQDNs selector.
+func fqdnRules(sels api.FQDNSelectorSlice, ports []PortRange, origin *field.Path) []Rule {
+	out := make([]Rule, 0, len(sels))
+	for i := range sels {
+		sel := sels[i]
+		out = append(out, Rule{Direction: Egress, Action: Allow, Peer: Peer{Kind: PeerFQDN, FQDN: &sel}, Ports: ports,
+			Origin: origin.Child("toFQDNs").Index(i).String()})
+	}
+	return out
 }
 
 func egressRules(dir Direction, action Action, c *api.EgressCommonRule, ports []PortRange, origin *field.Path) []Rule {

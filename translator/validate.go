@@ -317,9 +317,6 @@ func validateContainerPeer(sel *v1alpha1.ContainerSelector, hasPeer bool, nPorts
 
 func validateEgress(r *v1alpha1.EgressRule, path *field.Path) field.ErrorList {
 	errs := validateEgressCommon(&r.EgressCommonRule, path)
-	if r.ToFQDNs != nil {
-		errs = append(errs, unsupported(path, "toFQDNs"))
-	}
 	if r.ICMPs != nil {
 		errs = append(errs, unsupported(path, "icmps"))
 	}
@@ -328,6 +325,63 @@ func validateEgress(r *v1alpha1.EgressRule, path *field.Path) field.ErrorList {
 	}
 	errs = append(errs, validatePortRules(r.ToPorts, path.Child("toPorts"))...)
 	errs = append(errs, validateContainerPeer(r.ToContainers, hasEgressPeer(&r.EgressCommonRule), r.ToPorts, path, "toContainers", "toEndpoints, toCIDR, toCIDRSet or toEntities")...)
+	errs = append(errs, validateFQDNs(r, path)...)
+	return errs
+}
+
+var (
+	fqdnNameRE    = regexp.MustCompile(api.FQDNMatchNameRegexString)
+	fqdnPatternRE = regexp.MustCompile(api.FQDNMatchPatternRegexString)
+)
+
+// validateFQDNs checks toFQDNs as the CRD schema does (Cilium's own
+// patterns and lengths), and each selector with Cilium's matchpattern,
+// which is what Cilium's agent compiles it with.
+func validateFQDNs(r *v1alpha1.EgressRule, path *field.Path) field.ErrorList {
+	if r.ToFQDNs == nil {
+		return nil
+	}
+	var errs field.ErrorList
+	p := path.Child("toFQDNs")
+	if len(r.ToFQDNs) > v1alpha1.MaxFQDNSelectors {
+		errs = append(errs, field.TooMany(p, len(r.ToFQDNs), v1alpha1.MaxFQDNSelectors))
+	}
+	if hasEgressPeer(&r.EgressCommonRule) || r.ToContainers != nil {
+		errs = append(errs, invalid(p, "toFQDNs cannot be combined with toEndpoints, toCIDR, toCIDRSet, toEntities or toContainers in one rule: write a separate rule"))
+	}
+	for i := range r.ToPorts {
+		if r.ToPorts[i].Rules != nil {
+			errs = append(errs, field.Forbidden(path.Child("toPorts").Index(i).Child("rules"), "L7 rules cannot be used with toFQDNs for container scope"))
+		}
+	}
+	for i := range r.ToFQDNs {
+		f := &r.ToFQDNs[i]
+		ip := p.Index(i)
+		before := len(errs)
+		switch {
+		case (f.MatchName == "") == (f.MatchPattern == ""):
+			errs = append(errs, invalid(ip, "needs exactly one of matchName and matchPattern"))
+			continue
+		case f.MatchName != "":
+			if len(f.MatchName) > 255 {
+				errs = append(errs, field.TooLong(ip.Child("matchName"), f.MatchName, 255))
+			} else if !fqdnNameRE.MatchString(f.MatchName) {
+				errs = append(errs, field.Invalid(ip.Child("matchName"), f.MatchName, "must be a DNS name: letters, digits, '-' and '_' in labels separated by '.'"))
+			}
+		default:
+			if len(f.MatchPattern) > 255 {
+				errs = append(errs, field.TooLong(ip.Child("matchPattern"), f.MatchPattern, 255))
+			} else if !fqdnPatternRE.MatchString(f.MatchPattern) {
+				errs = append(errs, field.Invalid(ip.Child("matchPattern"), f.MatchPattern, "must be a DNS name pattern: letters, digits, '-', '_' and '*' in labels separated by '.'"))
+			}
+		}
+		if len(errs) > before {
+			continue
+		}
+		if _, err := f.ToRegex(); err != nil {
+			errs = append(errs, field.Invalid(ip, f.String(), "refused by Cilium: "+err.Error()))
+		}
+	}
 	return errs
 }
 
@@ -343,6 +397,9 @@ func validateEgressDeny(r *v1alpha1.EgressDenyRule, path *field.Path) field.Erro
 
 func validateIngress(r *v1alpha1.IngressRule, path *field.Path) field.ErrorList {
 	errs := validateIngressCommon(&r.IngressCommonRule, path)
+	if r.ToFQDNs != nil {
+		errs = append(errs, field.Forbidden(path.Child("toFQDNs"), "toFQDNs is egress only: a rule in ingress cannot select peers by DNS name"))
+	}
 	if r.ICMPs != nil {
 		errs = append(errs, unsupported(path, "icmps"))
 	}

@@ -2,6 +2,9 @@ package translator
 
 import (
 	"net/netip"
+	"strings"
+
+	"github.com/cilium/cilium/pkg/fqdn/dns"
 
 	"github.com/cilium/cilium/pkg/labels"
 	"github.com/cilium/cilium/pkg/policy/api"
@@ -21,9 +24,12 @@ type Traffic struct {
 	// in Cilium's form (e.g. "k8s:app=db", "reserved:world").
 	PeerLabels labels.LabelArray
 	// PeerIP is the peer's address, for CIDR rules.
-	PeerIP   netip.Addr
-	Protocol Protocol
-	Port     uint16
+	PeerIP netip.Addr
+	// PeerNames are the names that unexpired DNS answers the container
+	// received map PeerIP to, for toFQDNs rules.
+	PeerNames []string
+	Protocol  Protocol
+	Port      uint16
 }
 
 // Verdict is the decision for one Traffic.
@@ -162,6 +168,20 @@ func peerMatches(p Peer, t Traffic) bool {
 	case PeerEntity:
 		for _, sel := range api.EntitySelectorMapping[p.Entity] {
 			if policytypes.NewLabelSelector(sel).Matches(t.PeerLabels) {
+				return true
+			}
+		}
+		return false
+	case PeerFQDN:
+		if p.FQDN == nil {
+			return false
+		}
+		re, err := p.FQDN.ToRegex()
+		if err != nil {
+			return false
+		}
+		for _, n := range t.PeerNames {
+			if re.MatchString(dns.FQDN(strings.ToLower(n))) {
 				return true
 			}
 		}

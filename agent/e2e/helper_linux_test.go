@@ -93,6 +93,14 @@ func runHelper(op string, args []string) int {
 		}
 		fmt.Println("ANSWER", strings.Join(ips, " "))
 		return 0
+	case "fqdnserve": // IP...: the FQDN test's DNS server (fqdn_linux_test.go)
+		return serveFQDN(args)
+	case "fqdn": // SERVER PROTO NAME QTYPE [PORT]: look up NAME, then connect to its first address
+		return fqdnLookup(args)
+	case "fqdnrace": // SERVER N [WORKERS [FIRST]]: N fresh names, each looked up then connected to
+		return fqdnRace(args)
+	case "fqdnforge": // PROXYPORT IP: try to teach this container IP without the proxy
+		return fqdnForge(args)
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper op", op)
 	return 2

@@ -159,11 +159,31 @@ type Event struct {
 	// "connect", "sendmsg", "bind"); it is shown in the extensions. A bind
 	// refused because another container holds the port is an ingress flow
 	// to the container that tried, from the port's holder.
-	Hook        string
+	Hook string
+	// Note, when set, is added to the summary and the extensions: why a
+	// deny happened, in words (e.g. the toFQDNs rule the address missed).
+	Note string
+	// DNS, when set, makes the flow the DNS proxy's L7 record of one
+	// lookup, as Cilium's DNS proxy reports it: from the server to the
+	// container, a reply.
+	DNS         *DNS
 	Match       MatchType
 	Policy      Policy
 	Source      Endpoint
 	Destination Endpoint
+}
+
+// DNS is one lookup that the DNS proxy relayed.
+type DNS struct {
+	Query  string
+	QTypes []string
+	// IPs are the addresses of the answer; TTL its lowest TTL.
+	IPs    []string
+	TTL    uint32
+	CNAMEs []string
+	RCode  uint32
+	// Learned names the toFQDNs selectors the addresses were learned for.
+	Learned []string
 }
 
 // Converter turns Events into flows that name their node and emitter.
@@ -276,6 +296,21 @@ func (c Converter) Flow(ev *Event) (*flowpb.Flow, error) {
 		return nil, fmt.Errorf("invalid event: Verdict: %s", ev.Verdict)
 	}
 
+	if ev.DNS != nil {
+		f.Type = flowpb.FlowType_L7
+		f.IsReply = wrapperspb.Bool(true)
+		f.EventType = &flowpb.CiliumEventType{Type: monitorapi.MessageTypeAccessLog}
+		f.L7 = &flowpb.Layer7{Type: flowpb.L7FlowType_RESPONSE, Record: &flowpb.Layer7_Dns{Dns: &flowpb.DNS{
+			Query: ev.DNS.Query, Ips: ev.DNS.IPs, Ttl: ev.DNS.TTL, Cnames: ev.DNS.CNAMEs, Rcode: ev.DNS.RCode,
+			Qtypes: ev.DNS.QTypes, ObservationSource: "sidewall-dns-proxy",
+		}}}
+	}
+	if ev.Note != "" {
+		if f.Summary != "" {
+			f.Summary += "; "
+		}
+		f.Summary += ev.Note
+	}
 	ext, err := extensions(ev)
 	if err != nil {
 		return nil, err
@@ -383,6 +418,18 @@ func extensions(ev *Event) (*anypb.Any, error) {
 		fields["container"] = ev.Source.ContainerName
 	case ev.Direction == DirectionIngress && ev.Destination.ContainerName != "":
 		fields["container"] = ev.Destination.ContainerName
+	case ev.DNS != nil && ev.Destination.ContainerName != "":
+		fields["container"] = ev.Destination.ContainerName
+	}
+	if ev.Note != "" {
+		fields["note"] = ev.Note
+	}
+	if ev.DNS != nil && len(ev.DNS.Learned) > 0 {
+		learned := make([]any, len(ev.DNS.Learned))
+		for i, l := range ev.DNS.Learned {
+			learned[i] = l
+		}
+		fields["fqdnLearned"] = learned
 	}
 	if ev.Policy.Name != "" {
 		fields["policy"] = ev.Policy.Name

@@ -278,6 +278,64 @@ static __always_inline void flow_key_of(struct flow_key *k, __u64 cgid, const st
 	k->pad = 0;
 }
 
+/* A packet of a socket that connect/sendmsg redirected to the pod's DNS
+ * proxy (127.0.0.1 or ::1 on the proxy's port): records, by its source
+ * port, which container sent it and to which server, so that the proxy
+ * knows both before it can read the query. Returns 1 for such a packet; a
+ * packet to the proxy's port from a socket that was not redirected is left
+ * to the verdict, which denies it as pod-local traffic to no container. */
+static __always_inline int dns_to_proxy(struct __sk_buff *skb, const struct container_info *ci, __u64 cgid,
+					const struct tuple *t)
+{
+	struct dns_pending_key pk = {};
+	struct dns_pending pv = {};
+	struct flow_key fk;
+	struct flow_info fi = {};
+	struct dns_proxy *p;
+	struct dns_orig *o;
+	struct bpf_sock *sk;
+
+	if (!t->has_ports)
+		return 0;
+	if (t->family == 4) {
+		if (*(const __u32 *)t->daddr != bpf_htonl(0x7f000001))
+			return 0;
+	} else {
+		const __u32 *w = (const __u32 *)t->daddr;
+
+		if (w[0] || w[1] || w[2] || w[3] != bpf_htonl(1))
+			return 0;
+	}
+	p = bpf_map_lookup_elem(&sw_dns_proxy, &ci->pod_id);
+	if (!p || !p->port || t->dport != p->port)
+		return 0;
+	sk = skb->sk;
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	o = bpf_sk_storage_get(&sw_dns_orig, sk, 0, 0);
+	if (!o || !o->valid)
+		return 0;
+	pk.pod_id = ci->pod_id;
+	pk.port = t->sport;
+	pk.proto = t->proto;
+	pv.cgroup_id = cgid;
+	__builtin_memcpy(pv.addr, o->addr, 16);
+	pv.port = o->port;
+	pv.family = o->family;
+	pv.rule_id = o->rule_id;
+	bpf_map_update_elem(&sw_dns_pending, &pk, &pv, BPF_ANY);
+	/* The proxy's answers are replies of this flow. */
+	flow_key_of(&fk, cgid, t, DIR_EGRESS, DIR_EGRESS);
+	fi.first_seen_ns = bpf_ktime_get_ns();
+	fi.policy_id = ci->policy_id;
+	fi.flags = FLOW_LOCAL;
+	bpf_map_update_elem(&sw_flows, &fk, &fi, BPF_NOEXIST);
+	return 1;
+}
+
 static __always_inline void remember(struct verdict_cache *cache, __u8 dir, __u64 epoch,
 				     const struct flow_key *fk, __u8 reason)
 {
@@ -305,7 +363,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 	struct verdict_cache *cache;
 	struct flow_key fk;
 	__u64 cgid, peer_cg = 0, epoch = 0;
-	__u8 reason, local;
+	__u8 reason, local, fqdn;
 	__u32 peer;
 
 	if ((skb->cb[CB_FLAGS] >> 16) == CB_MAGIC) {
@@ -344,6 +402,12 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 			emit_event(HOOK_SKB, dir, bpf_skb_cgroup_id(skb), cgid, bpf_get_socket_cookie(skb),
 				   &ci, &t, &d, 0);
 		return d.verdict != VERDICT_DENY;
+	}
+
+	/* A redirected DNS query on its way to the pod's DNS proxy. */
+	if (dir == DIR_EGRESS && (ci.flags & CF_FQDN) && dns_to_proxy(skb, &ci, cgid, &t)) {
+		count_verdict(dir, VERDICT_ALLOW, REASON_RULE_ALLOW);
+		return 1;
 	}
 
 	/* Fast path: this socket's last allowed verdict for the same peer,
@@ -390,10 +454,22 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 
 	/* Rules name the destination port in both directions, as in Cilium. */
 	decide(&ci, dir, local, peer, t.proto, t.dport, t.has_ports, &d);
+	fqdn = fqdn_decide(&ci, cgid, &t, dir, &d);
 
 	/* The flow this packet opens, or continues. Established flows cost one
 	 * lookup on the side that opened them. */
 	flow_key_of(&fk, cgid, &t, dir, dir);
+	/* A connection opened to an address learned for toFQDNs outlives the
+	 * answer, as in Cilium. */
+	if (d.reason == REASON_DEFAULT_DENY && (ci.flags & CF_FQDN) && dir == DIR_EGRESS && !local) {
+		struct flow_info *ffi = bpf_map_lookup_elem(&sw_flows, &fk);
+
+		if (ffi && (ffi->flags & FLOW_FQDN)) {
+			count_verdict(dir, VERDICT_ALLOW, REASON_RULE_ALLOW);
+			remember(cache, dir, epoch, &fk, REASON_RULE_ALLOW);
+			return 1;
+		}
+	}
 	if ((d.verdict != VERDICT_DENY || (local && peer == LOCAL_PEER_UNKNOWN && !(ci.flags & CF_DENY_ALL))) &&
 	    bpf_map_lookup_elem(&sw_flows, &fk)) {
 		/* A pod-local flow whose other end is gone (no socket holds it)
@@ -451,7 +527,8 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, __u8 dir)
 	}
 
 	{
-		struct flow_info fi = { .first_seen_ns = bpf_ktime_get_ns(), .policy_id = ci.policy_id, .flags = local ? FLOW_LOCAL : 0 };
+		struct flow_info fi = { .first_seen_ns = bpf_ktime_get_ns(), .policy_id = ci.policy_id,
+					.flags = (local ? FLOW_LOCAL : 0) | (fqdn ? FLOW_FQDN : 0) };
 
 		/* NOEXIST: of two CPUs racing on a flow's first packets, one reports it. */
 		if (bpf_map_update_elem(&sw_flows, &fk, &fi, BPF_NOEXIST) == 0) {

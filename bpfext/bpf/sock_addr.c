@@ -104,6 +104,56 @@ static __always_inline int sock_entry(struct bpf_sock_addr *ctx, void *calls)
 	return 0;
 }
 
+/* user_ip6 takes only 4-byte stores: the barriers keep clang from merging
+ * two of them into one 8-byte store the verifier refuses. */
+static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+	ctx->user_ip6[0] = w0;
+	asm volatile("" ::: "memory");
+	ctx->user_ip6[1] = w1;
+	asm volatile("" ::: "memory");
+	ctx->user_ip6[2] = w2;
+	asm volatile("" ::: "memory");
+	ctx->user_ip6[3] = w3;
+}
+
+/* A container with toFQDNs rules sends DNS to a server its rules allow:
+ * the query goes to the agent's proxy on the pod's loopback instead, which
+ * forwards it to that server and writes what the answer teaches into
+ * sw_fqdn before the container can read the answer. The socket remembers
+ * the server, for the proxy (through sw_dns_pending) and for recvmsg. */
+static __always_inline void dns_redirect(struct bpf_sock_addr *ctx, __u8 hook_family,
+					 const struct container_info *ci, const struct tuple *t,
+					 const struct decision *d)
+{
+	struct dns_proxy *p = bpf_map_lookup_elem(&sw_dns_proxy, &ci->pod_id);
+	struct bpf_sock *sk = ctx->sk;
+	struct dns_orig *o;
+
+	if (!p || !p->port || !sk)
+		return;
+	if (t->family == 6 && !p->v6)
+		return;
+	o = bpf_sk_storage_get(&sw_dns_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!o)
+		return;
+	__builtin_memcpy(o->addr, t->daddr, 16);
+	o->port = t->dport;
+	o->proxy_port = p->port;
+	o->family = t->family;
+	o->rule_id = d->rule_id;
+	o->valid = 1;
+	if (hook_family == 4) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	} else if (t->family == 4) {
+		/* A dual-stack socket: stay IPv4 on the wire. */
+		set_user_ip6(ctx, 0, 0, bpf_htonl(0xffff), bpf_htonl(0x7f000001));
+	} else {
+		set_user_ip6(ctx, 0, 0, 0, bpf_htonl(1));
+	}
+	ctx->user_port = bpf_htons(p->port);
+}
+
 static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, __u8 hook)
 {
 	struct container_info ci, *cip;
@@ -190,6 +240,7 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 		peer = resolve_identity(t.family, t.daddr);
 	}
 	decide(&ci, DIR_EGRESS, local, peer, t.proto, t.dport, 1, &d);
+	fqdn_decide(&ci, cgid, &t, DIR_EGRESS, &d);
 	/* A TCP connect from a container the agent has not classified yet
 	 * (the process sits below the pod cgroup's deny-all entry) is let
 	 * through to cgroup_skb, which drops its SYN: the kernel retransmits
@@ -207,6 +258,9 @@ static __always_inline int sock_verdict(struct bpf_sock_addr *ctx, __u8 family, 
 		if (d.verdict == VERDICT_DENY)
 			return 0;
 	}
+
+	if (!local && t.dport == DNS_PORT && (ci.flags & CF_FQDN))
+		dns_redirect(ctx, family, &ci, &t, &d);
 
 	/* Pod-local: the receiving container's ingress rules decide too, so a
 	 * connect they would drop fails now rather than after retries. */
@@ -275,6 +329,59 @@ SEC("cgroup/sendmsg6")
 int sw_verdict_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return sock_verdict(ctx, 6, HOOK_SENDMSG);
+}
+
+/* The answer of a redirected DNS socket reads as sent by the server the
+ * container asked, as resolvers check (glibc, musl): the proxy's loopback
+ * address becomes the original one again. */
+SEC("cgroup/recvmsg4")
+int sw_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct dns_orig *o;
+
+	if (!sk)
+		return 1;
+	o = bpf_sk_storage_get(&sw_dns_orig, sk, 0, 0);
+	if (!o || !o->valid || o->family != 4)
+		return 1;
+	if (ctx->user_ip4 != bpf_htonl(0x7f000001) || ctx->user_port != bpf_htons(o->proxy_port))
+		return 1;
+	ctx->user_ip4 = *(__u32 *)o->addr;
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int sw_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct dns_orig *o;
+	__u32 w0, w1, w2, w3;
+
+	if (!sk)
+		return 1;
+	o = bpf_sk_storage_get(&sw_dns_orig, sk, 0, 0);
+	if (!o || !o->valid)
+		return 1;
+	if (ctx->user_port != bpf_htons(o->proxy_port))
+		return 1;
+	w0 = ctx->user_ip6[0];
+	w1 = ctx->user_ip6[1];
+	w2 = ctx->user_ip6[2];
+	w3 = ctx->user_ip6[3];
+	if (o->family == 4) {
+		if (w0 || w1 || w2 != bpf_htonl(0xffff) || w3 != bpf_htonl(0x7f000001))
+			return 1;
+		ctx->user_ip6[3] = *(__u32 *)o->addr;
+	} else {
+		if (w0 || w1 || w2 || w3 != bpf_htonl(1))
+			return 1;
+		set_user_ip6(ctx, *(__u32 *)&o->addr[0], *(__u32 *)&o->addr[4], *(__u32 *)&o->addr[8],
+			     *(__u32 *)&o->addr[12]);
+	}
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
 }
 
 static __always_inline int bind_restricted(const struct container_info *ci)

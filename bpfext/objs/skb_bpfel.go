@@ -71,6 +71,7 @@ const (
 	SkbContainerFlagCF_AUDIT              SkbContainerFlag = 4
 	SkbContainerFlagCF_DENY_ALL           SkbContainerFlag = 8
 	SkbContainerFlagCF_FAIL_OPEN          SkbContainerFlag = 16
+	SkbContainerFlagCF_FQDN               SkbContainerFlag = 32
 )
 
 type SkbContainerInfo struct {
@@ -98,6 +99,42 @@ const (
 	SkbDirectionDIR_EGRESS  SkbDirection = 0
 	SkbDirectionDIR_INGRESS SkbDirection = 1
 )
+
+type SkbDnsOrig struct {
+	_         structs.HostLayout
+	Addr      [16]uint8
+	Port      uint16
+	ProxyPort uint16
+	Family    uint8
+	Valid     uint8
+	Pad       [2]uint8
+	RuleId    uint32
+}
+
+type SkbDnsPending struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     [16]uint8
+	Port     uint16
+	Family   uint8
+	Pad      uint8
+	RuleId   uint32
+}
+
+type SkbDnsPendingKey struct {
+	_     structs.HostLayout
+	PodId uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type SkbDnsProxy struct {
+	_    structs.HostLayout
+	Port uint16
+	V6   uint8
+	Pad  uint8
+}
 
 type SkbEvent struct {
 	_            structs.HostLayout
@@ -135,6 +172,7 @@ type SkbFlowFlag uint32
 
 const (
 	SkbFlowFlagFLOW_LOCAL SkbFlowFlag = 1
+	SkbFlowFlagFLOW_FQDN  SkbFlowFlag = 2
 )
 
 type SkbFlowInfo struct {
@@ -156,6 +194,27 @@ type SkbFlowKey struct {
 	Family   uint8
 	Pad      uint8
 }
+
+type SkbFqdnEntry struct {
+	_       structs.HostLayout
+	Expires [16]uint32
+}
+
+type SkbFqdnKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     [16]uint8
+	Family   uint8
+	Pad      [7]uint8
+}
+
+type SkbFqdnLimit uint32
+
+const (
+	SkbFqdnLimitFQDN_SELECTORS SkbFqdnLimit = 16
+	SkbFqdnLimitFQDN_PEER_BASE SkbFqdnLimit = 2130706432
+	SkbFqdnLimitDNS_PORT       SkbFqdnLimit = 53
+)
 
 type SkbHook uint32
 
@@ -312,9 +371,13 @@ const (
 	SkbMapSwContainers          = "sw_containers"
 	SkbMapSwCounters            = "sw_counters"
 	SkbMapSwDenySeen            = "sw_deny_seen"
+	SkbMapSwDnsOrig             = "sw_dns_orig"
+	SkbMapSwDnsPending          = "sw_dns_pending"
+	SkbMapSwDnsProxy            = "sw_dns_proxy"
 	SkbMapSwEventBudget         = "sw_event_budget"
 	SkbMapSwEvents              = "sw_events"
 	SkbMapSwFlows               = "sw_flows"
+	SkbMapSwFqdn                = "sw_fqdn"
 	SkbMapSwIdent4              = "sw_ident4"
 	SkbMapSwIdent6              = "sw_ident6"
 	SkbMapSwPodPorts            = "sw_pod_ports"
@@ -333,6 +396,7 @@ const (
 	SkbVarContractCounter       = "__contract_counter"
 	SkbVarContractDirection     = "__contract_direction"
 	SkbVarContractFlowFlag      = "__contract_flow_flag"
+	SkbVarContractFqdnLimit     = "__contract_fqdn_limit"
 	SkbVarContractHook          = "__contract_hook"
 	SkbVarContractLocalPeer     = "__contract_local_peer"
 	SkbVarContractReason        = "__contract_reason"
@@ -404,9 +468,13 @@ type SkbMapSpecs struct {
 	SwContainers    *ebpf.MapSpec `ebpf:"sw_containers"`
 	SwCounters      *ebpf.MapSpec `ebpf:"sw_counters"`
 	SwDenySeen      *ebpf.MapSpec `ebpf:"sw_deny_seen"`
+	SwDnsOrig       *ebpf.MapSpec `ebpf:"sw_dns_orig"`
+	SwDnsPending    *ebpf.MapSpec `ebpf:"sw_dns_pending"`
+	SwDnsProxy      *ebpf.MapSpec `ebpf:"sw_dns_proxy"`
 	SwEventBudget   *ebpf.MapSpec `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.MapSpec `ebpf:"sw_events"`
 	SwFlows         *ebpf.MapSpec `ebpf:"sw_flows"`
+	SwFqdn          *ebpf.MapSpec `ebpf:"sw_fqdn"`
 	SwIdent4        *ebpf.MapSpec `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.MapSpec `ebpf:"sw_ident6"`
 	SwPodPorts      *ebpf.MapSpec `ebpf:"sw_pod_ports"`
@@ -427,6 +495,7 @@ type SkbVariableSpecs struct {
 	ContractCounter       *ebpf.VariableSpec `ebpf:"__contract_counter"`
 	ContractDirection     *ebpf.VariableSpec `ebpf:"__contract_direction"`
 	ContractFlowFlag      *ebpf.VariableSpec `ebpf:"__contract_flow_flag"`
+	ContractFqdnLimit     *ebpf.VariableSpec `ebpf:"__contract_fqdn_limit"`
 	ContractHook          *ebpf.VariableSpec `ebpf:"__contract_hook"`
 	ContractLocalPeer     *ebpf.VariableSpec `ebpf:"__contract_local_peer"`
 	ContractReason        *ebpf.VariableSpec `ebpf:"__contract_reason"`
@@ -466,9 +535,13 @@ type SkbMaps struct {
 	SwContainers    *ebpf.Map `ebpf:"sw_containers"`
 	SwCounters      *ebpf.Map `ebpf:"sw_counters"`
 	SwDenySeen      *ebpf.Map `ebpf:"sw_deny_seen"`
+	SwDnsOrig       *ebpf.Map `ebpf:"sw_dns_orig"`
+	SwDnsPending    *ebpf.Map `ebpf:"sw_dns_pending"`
+	SwDnsProxy      *ebpf.Map `ebpf:"sw_dns_proxy"`
 	SwEventBudget   *ebpf.Map `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.Map `ebpf:"sw_events"`
 	SwFlows         *ebpf.Map `ebpf:"sw_flows"`
+	SwFqdn          *ebpf.Map `ebpf:"sw_fqdn"`
 	SwIdent4        *ebpf.Map `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.Map `ebpf:"sw_ident6"`
 	SwPodPorts      *ebpf.Map `ebpf:"sw_pod_ports"`
@@ -491,9 +564,13 @@ func (m *SkbMaps) Close() error {
 		m.SwContainers,
 		m.SwCounters,
 		m.SwDenySeen,
+		m.SwDnsOrig,
+		m.SwDnsPending,
+		m.SwDnsProxy,
 		m.SwEventBudget,
 		m.SwEvents,
 		m.SwFlows,
+		m.SwFqdn,
 		m.SwIdent4,
 		m.SwIdent6,
 		m.SwPodPorts,
@@ -515,6 +592,7 @@ type SkbVariables struct {
 	ContractCounter       *ebpf.Variable `ebpf:"__contract_counter"`
 	ContractDirection     *ebpf.Variable `ebpf:"__contract_direction"`
 	ContractFlowFlag      *ebpf.Variable `ebpf:"__contract_flow_flag"`
+	ContractFqdnLimit     *ebpf.Variable `ebpf:"__contract_fqdn_limit"`
 	ContractHook          *ebpf.Variable `ebpf:"__contract_hook"`
 	ContractLocalPeer     *ebpf.Variable `ebpf:"__contract_local_peer"`
 	ContractReason        *ebpf.Variable `ebpf:"__contract_reason"`

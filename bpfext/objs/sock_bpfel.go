@@ -58,6 +58,42 @@ type SockContainerInfo struct {
 	Flags       uint32
 }
 
+type SockDnsOrig struct {
+	_         structs.HostLayout
+	Addr      [16]uint8
+	Port      uint16
+	ProxyPort uint16
+	Family    uint8
+	Valid     uint8
+	Pad       [2]uint8
+	RuleId    uint32
+}
+
+type SockDnsPending struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     [16]uint8
+	Port     uint16
+	Family   uint8
+	Pad      uint8
+	RuleId   uint32
+}
+
+type SockDnsPendingKey struct {
+	_     structs.HostLayout
+	PodId uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type SockDnsProxy struct {
+	_    structs.HostLayout
+	Port uint16
+	V6   uint8
+	Pad  uint8
+}
+
 type SockEventBudget struct {
 	_        structs.HostLayout
 	LastNs   uint64
@@ -83,6 +119,19 @@ type SockFlowKey struct {
 	Origin   uint8
 	Family   uint8
 	Pad      uint8
+}
+
+type SockFqdnEntry struct {
+	_       structs.HostLayout
+	Expires [16]uint32
+}
+
+type SockFqdnKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     [16]uint8
+	Family   uint8
+	Pad      [7]uint8
 }
 
 type SockIp4LpmKey struct {
@@ -181,9 +230,13 @@ const (
 	SockMapSwContainers       = "sw_containers"
 	SockMapSwCounters         = "sw_counters"
 	SockMapSwDenySeen         = "sw_deny_seen"
+	SockMapSwDnsOrig          = "sw_dns_orig"
+	SockMapSwDnsPending       = "sw_dns_pending"
+	SockMapSwDnsProxy         = "sw_dns_proxy"
 	SockMapSwEventBudget      = "sw_event_budget"
 	SockMapSwEvents           = "sw_events"
 	SockMapSwFlows            = "sw_flows"
+	SockMapSwFqdn             = "sw_fqdn"
 	SockMapSwIdent4           = "sw_ident4"
 	SockMapSwIdent6           = "sw_ident6"
 	SockMapSwPodPorts         = "sw_pod_ports"
@@ -198,6 +251,8 @@ const (
 	SockProgSwEntrySendmsg6   = "sw_entry_sendmsg6"
 	SockProgSwPostBind4       = "sw_post_bind4"
 	SockProgSwPostBind6       = "sw_post_bind6"
+	SockProgSwRecvmsg4        = "sw_recvmsg4"
+	SockProgSwRecvmsg6        = "sw_recvmsg6"
 	SockProgSwSockRelease     = "sw_sock_release"
 	SockProgSwVerdictConnect4 = "sw_verdict_connect4"
 	SockProgSwVerdictConnect6 = "sw_verdict_connect6"
@@ -253,6 +308,8 @@ type SockProgramSpecs struct {
 	SwEntrySendmsg6   *ebpf.ProgramSpec `ebpf:"sw_entry_sendmsg6"`
 	SwPostBind4       *ebpf.ProgramSpec `ebpf:"sw_post_bind4"`
 	SwPostBind6       *ebpf.ProgramSpec `ebpf:"sw_post_bind6"`
+	SwRecvmsg4        *ebpf.ProgramSpec `ebpf:"sw_recvmsg4"`
+	SwRecvmsg6        *ebpf.ProgramSpec `ebpf:"sw_recvmsg6"`
 	SwSockRelease     *ebpf.ProgramSpec `ebpf:"sw_sock_release"`
 	SwVerdictConnect4 *ebpf.ProgramSpec `ebpf:"sw_verdict_connect4"`
 	SwVerdictConnect6 *ebpf.ProgramSpec `ebpf:"sw_verdict_connect6"`
@@ -276,9 +333,13 @@ type SockMapSpecs struct {
 	SwContainers    *ebpf.MapSpec `ebpf:"sw_containers"`
 	SwCounters      *ebpf.MapSpec `ebpf:"sw_counters"`
 	SwDenySeen      *ebpf.MapSpec `ebpf:"sw_deny_seen"`
+	SwDnsOrig       *ebpf.MapSpec `ebpf:"sw_dns_orig"`
+	SwDnsPending    *ebpf.MapSpec `ebpf:"sw_dns_pending"`
+	SwDnsProxy      *ebpf.MapSpec `ebpf:"sw_dns_proxy"`
 	SwEventBudget   *ebpf.MapSpec `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.MapSpec `ebpf:"sw_events"`
 	SwFlows         *ebpf.MapSpec `ebpf:"sw_flows"`
+	SwFqdn          *ebpf.MapSpec `ebpf:"sw_fqdn"`
 	SwIdent4        *ebpf.MapSpec `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.MapSpec `ebpf:"sw_ident6"`
 	SwPodPorts      *ebpf.MapSpec `ebpf:"sw_pod_ports"`
@@ -327,9 +388,13 @@ type SockMaps struct {
 	SwContainers    *ebpf.Map `ebpf:"sw_containers"`
 	SwCounters      *ebpf.Map `ebpf:"sw_counters"`
 	SwDenySeen      *ebpf.Map `ebpf:"sw_deny_seen"`
+	SwDnsOrig       *ebpf.Map `ebpf:"sw_dns_orig"`
+	SwDnsPending    *ebpf.Map `ebpf:"sw_dns_pending"`
+	SwDnsProxy      *ebpf.Map `ebpf:"sw_dns_proxy"`
 	SwEventBudget   *ebpf.Map `ebpf:"sw_event_budget"`
 	SwEvents        *ebpf.Map `ebpf:"sw_events"`
 	SwFlows         *ebpf.Map `ebpf:"sw_flows"`
+	SwFqdn          *ebpf.Map `ebpf:"sw_fqdn"`
 	SwIdent4        *ebpf.Map `ebpf:"sw_ident4"`
 	SwIdent6        *ebpf.Map `ebpf:"sw_ident6"`
 	SwPodPorts      *ebpf.Map `ebpf:"sw_pod_ports"`
@@ -354,9 +419,13 @@ func (m *SockMaps) Close() error {
 		m.SwContainers,
 		m.SwCounters,
 		m.SwDenySeen,
+		m.SwDnsOrig,
+		m.SwDnsPending,
+		m.SwDnsProxy,
 		m.SwEventBudget,
 		m.SwEvents,
 		m.SwFlows,
+		m.SwFqdn,
 		m.SwIdent4,
 		m.SwIdent6,
 		m.SwPodPorts,
@@ -384,6 +453,8 @@ type SockPrograms struct {
 	SwEntrySendmsg6   *ebpf.Program `ebpf:"sw_entry_sendmsg6"`
 	SwPostBind4       *ebpf.Program `ebpf:"sw_post_bind4"`
 	SwPostBind6       *ebpf.Program `ebpf:"sw_post_bind6"`
+	SwRecvmsg4        *ebpf.Program `ebpf:"sw_recvmsg4"`
+	SwRecvmsg6        *ebpf.Program `ebpf:"sw_recvmsg6"`
 	SwSockRelease     *ebpf.Program `ebpf:"sw_sock_release"`
 	SwVerdictConnect4 *ebpf.Program `ebpf:"sw_verdict_connect4"`
 	SwVerdictConnect6 *ebpf.Program `ebpf:"sw_verdict_connect6"`
@@ -399,6 +470,8 @@ func (p *SockPrograms) Close() error {
 		p.SwEntrySendmsg6,
 		p.SwPostBind4,
 		p.SwPostBind6,
+		p.SwRecvmsg4,
+		p.SwRecvmsg6,
 		p.SwSockRelease,
 		p.SwVerdictConnect4,
 		p.SwVerdictConnect6,

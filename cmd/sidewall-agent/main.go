@@ -75,6 +75,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		clusterName  = flag.String("cluster-name", identity.DefaultClusterName, "Cilium cluster name (for the cluster entity and local identities)")
 		resync       = flag.Duration("resync", agent.DefaultResync, "period of full reconciles")
 		allowLocal   = flag.String("allow-localhost", option.AllowLocalhostAuto, "as Cilium's: when the local host may reach a container restricted on ingress (kubelet probes): auto (always in Kubernetes), always, or policy (only by a rule)")
+		fqdnMinTTL   = flag.Duration("tofqdns-min-ttl", agent.DefaultFQDNMinTTL, "as Cilium's --tofqdns-min-ttl: the least time a DNS answer lets a container with toFQDNs rules reach its addresses (0: the answer's own TTL)")
+		fqdnMax      = flag.Int("fqdn-max-ips-per-container", agent.DefaultFQDNMaxPerContainer, "how many addresses one container may have learned from DNS answers at once; beyond, new names stay unreachable (fail closed) and the pod gets an Event and the condition "+agent.PodConditionFQDN+"=False")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		eventRate    = flag.Int("event-rate", bpfext.DefaultEventRate, "events (flows) one container may send per second on each CPU; the rest are counted, not sent (negative: no limit)")
 		eventBurst   = flag.Int("event-burst", bpfext.DefaultEventBurst, "events a quiet container may send at once")
@@ -140,7 +142,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		Cgroups:      cgroups.Config{Mount: *cgroupMount, Parent: *cgroupParent, Root: *kubepods, Driver: cgroups.Driver(*driver)},
 		HubbleSocket: *hubbleSock, HubbleAddress: *hubbleAddr, MetricsAddress: metricsAddr,
 		IdentitySource: *idSource, ClusterName: *clusterName, Resync: *resync, Version: version, Logger: log,
-		AllowLocalhost: *allowLocal, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot, CRISocket: *criSocket,
+		AllowLocalhost: *allowLocal, FQDNMinTTL: *fqdnMinTTL, FQDNMaxPerContainer: *fqdnMax, CiliumIPCache: *ipcache, CiliumBPFRoot: *ciliumRoot, CRISocket: *criSocket,
 		EventRate: *eventRate, EventBurst: *eventBurst, DenyAggregation: *denyAgg, PodPortShare: *portShare,
 		CiliumHubble: *ciliumHubble, JoinEntries: *joinEntries, JoinTTL: *joinTTL,
 		HubbleTLSAddress: *hubbleTLS, HubbleTLSCertFile: *tlsCert, HubbleTLSKeyFile: *tlsKey,

@@ -20,6 +20,8 @@ const (
 	MaxPorts = 40
 	// MaxContainerNames bounds a ContainerSelector's names.
 	MaxContainerNames = 32
+	// MaxFQDNSelectors bounds toFQDNs in one rule.
+	MaxFQDNSelectors = 16
 )
 
 // ContainerRole names a kind of container in a pod spec.
@@ -185,10 +187,13 @@ type PortDenyRule struct {
 // sidewall's PortRule with the same JSON form as Cilium's, re-declared because
 // admission checks each port with CEL and the apiserver accepts CEL rules only
 // under bounded lists and strings, which Cilium's types do not declare.
-// toFQDNs, icmps and authentication are declared only so that admission can
-// refuse them by name.
+// toFQDNs is Cilium's, with at most MaxFQDNSelectors entries; icmps and
+// authentication are declared only so that admission can refuse them by
+// name.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.toFQDNs)",message="toFQDNs is not supported for container scope",fieldPath=".toFQDNs"
+// +kubebuilder:validation:XValidation:rule="!has(self.toFQDNs) || self.toFQDNs.all(f, has(f.matchName) != has(f.matchPattern))",message="each toFQDNs entry needs exactly one of matchName and matchPattern",fieldPath=".toFQDNs"
+// +kubebuilder:validation:XValidation:rule="!has(self.toFQDNs) || !(has(self.toEndpoints) || has(self.toCIDR) || has(self.toCIDRSet) || has(self.toEntities) || has(self.toContainers))",message="toFQDNs cannot be combined with toEndpoints, toCIDR, toCIDRSet, toEntities or toContainers in one rule: write a separate rule",fieldPath=".toFQDNs"
+// +kubebuilder:validation:XValidation:rule="!has(self.toFQDNs) || !has(self.toPorts) || self.toPorts.all(p, !has(p.rules))",message="toPorts[].rules (L7) cannot be used with toFQDNs for container scope",fieldPath=".toPorts"
 // +kubebuilder:validation:XValidation:rule="!has(self.toServices)",message="toServices is not supported for container scope",fieldPath=".toServices"
 // +kubebuilder:validation:XValidation:rule="!has(self.toGroups)",message="toGroups is not supported for container scope",fieldPath=".toGroups"
 // +kubebuilder:validation:XValidation:rule="!has(self.toRequires)",message="toRequires is not supported for container scope",fieldPath=".toRequires"
@@ -209,9 +214,15 @@ type EgressRule struct {
 	// +kubebuilder:validation:MaxItems=16
 	ToPorts []PortRule `json:"toPorts,omitempty"`
 
-	// ToFQDNs is not supported for container scope.
+	// ToFQDNs allows the addresses that a DNS answer received by the
+	// container itself maps a matching name to, while the answer's TTL
+	// lasts, on the rule's toPorts (every port without toPorts). Each
+	// entry is Cilium's FQDNSelector: matchName (a literal name) or
+	// matchPattern (with "*" wildcards, Cilium's syntax). The other
+	// containers of the pod learn nothing from the container's lookups.
 	//
 	// +optional
+	// +kubebuilder:validation:MaxItems=16
 	ToFQDNs api.FQDNSelectorSlice `json:"toFQDNs,omitempty"`
 
 	// ICMPs is not supported for container scope.
@@ -266,6 +277,7 @@ type EgressDenyRule struct {
 
 // IngressRule is Cilium's IngressRule plus fromContainers.
 //
+// +kubebuilder:validation:XValidation:rule="!has(self.toFQDNs)",message="toFQDNs is egress only: a rule in ingress cannot select peers by DNS name",fieldPath=".toFQDNs"
 // +kubebuilder:validation:XValidation:rule="!has(self.fromGroups)",message="fromGroups is not supported for container scope",fieldPath=".fromGroups"
 // +kubebuilder:validation:XValidation:rule="!has(self.fromRequires)",message="fromRequires is not supported for container scope",fieldPath=".fromRequires"
 // +kubebuilder:validation:XValidation:rule="!has(self.fromNodes)",message="fromNodes is not supported for container scope",fieldPath=".fromNodes"
@@ -300,6 +312,13 @@ type IngressRule struct {
 	//
 	// +optional
 	FromContainers *ContainerSelector `json:"fromContainers,omitempty"`
+
+	// ToFQDNs is declared only so that admission refuses it by name:
+	// toFQDNs selects egress peers.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	ToFQDNs api.FQDNSelectorSlice `json:"toFQDNs,omitempty"`
 }
 
 // IngressDenyRule is Cilium's IngressDenyRule plus fromContainers.

@@ -75,6 +75,16 @@ enum container_flag {
 	CF_AUDIT = 1 << 2,
 	CF_DENY_ALL = 1 << 3,  /* unclassified cgroup of a restricted pod */
 	CF_FAIL_OPEN = 1 << 4, /* allow when the verdict program is missing */
+	CF_FQDN = 1 << 5,      /* has toFQDNs rules: its DNS goes through the pod's proxy */
+};
+
+/* toFQDNs: rule peers FQDN_PEER_BASE + n stand for the n-th toFQDNs
+ * selector of the container's policy; an address is such a peer while the
+ * container's learned entry for it holds an unexpired time at index n. */
+enum fqdn_limit {
+	FQDN_SELECTORS = 16,
+	FQDN_PEER_BASE = 0x7f000000,
+	DNS_PORT = 53,
 };
 
 /* rule_info.action */
@@ -189,6 +199,59 @@ struct event_budget {
 	__u64 dropped;   /* events this container lost to its budget */
 };
 
+/* sw_fqdn: what one container learned from the DNS answers it received
+ * through the pod's DNS proxy. */
+struct fqdn_key {
+	__u64 cgroup_id; /* the classified cgroup of the container */
+	__u8 addr[16];   /* IPv4 in the first 4 bytes, the rest zero */
+	__u8 family;     /* 4 or 6 */
+	__u8 pad[7];
+};
+
+struct fqdn_entry {
+	/* Per selector index: until when (CLOCK_MONOTONIC seconds, exclusive)
+	 * the address is that selector's; 0 = never learned. */
+	__u32 expires[FQDN_SELECTORS];
+};
+
+/* sw_dns_proxy, by pod id: the port of the agent's DNS proxy on the pod's
+ * loopback (127.0.0.1 and, with v6, ::1). */
+struct dns_proxy {
+	__u16 port;
+	__u8 v6;
+	__u8 pad;
+};
+
+/* sw_dns_orig (socket storage): where a redirected DNS socket really sent
+ * to, for the proxy and for the reply's source address (recvmsg). */
+struct dns_orig {
+	__u8 addr[16];
+	__u16 port;       /* host order */
+	__u16 proxy_port; /* host order */
+	__u8 family;      /* of addr: 4 or 6 */
+	__u8 valid;
+	__u8 pad[2];
+	__u32 rule_id;    /* the rule that allowed the server */
+};
+
+/* sw_dns_pending: a query on its way to the proxy, by the container's
+ * source port, written before the proxy can receive it. */
+struct dns_pending_key {
+	__u32 pod_id;
+	__u16 port; /* the container socket's source port, host order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct dns_pending {
+	__u64 cgroup_id; /* classified cgroup of the sender */
+	__u8 addr[16];   /* the server the container sent to */
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+	__u32 rule_id;
+};
+
 struct flow_key {
 	__u64 cgroup_id;
 	__u8 local[16];
@@ -203,6 +266,7 @@ struct flow_key {
 
 enum flow_flag {
 	FLOW_LOCAL = 1 << 0, /* decided as pod-local traffic */
+	FLOW_FQDN = 1 << 1,  /* opened to an address learned for toFQDNs: outlives the answer */
 };
 
 struct flow_info {
@@ -310,4 +374,5 @@ enum counter {
 	const enum counter *__contract_counter __attribute__((unused));           \
 	const enum config_flag *__contract_config_flag __attribute__((unused));    \
 	const enum bound_flag *__contract_bound_flag __attribute__((unused));      \
-	const enum flow_flag *__contract_flow_flag __attribute__((unused));
+	const enum flow_flag *__contract_flow_flag __attribute__((unused));        \
+	const enum fqdn_limit *__contract_fqdn_limit __attribute__((unused));

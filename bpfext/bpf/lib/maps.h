@@ -159,6 +159,42 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sw_sock_cache SEC(".maps");
 
+/* Addresses each container learned from DNS answers (toFQDNs). Written by
+ * the agent's DNS proxy before it passes the answer on; read by the verdict. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct fqdn_key);
+	__type(value, struct fqdn_entry);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_fqdn SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* pod id */
+	__type(value, struct dns_proxy);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_dns_proxy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, struct dns_orig);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_dns_orig SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct dns_pending_key);
+	__type(value, struct dns_pending);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sw_dns_pending SEC(".maps");
+
 /* Cilium's ipcache (cilium_ipcache_v2), read-only. Layout of Cilium
  * v1.20.2's struct ipcache_key and struct remote_endpoint_info
  * (pkg/maps/ipcache, bpf/lib/eps.h); the Go loader checks it against the

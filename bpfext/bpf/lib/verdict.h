@@ -236,6 +236,61 @@ static __always_inline void decide(const struct container_info *ci, __u8 dir, __
 		d->verdict = VERDICT_AUDIT;
 }
 
+/* toFQDNs: whether an address this container learned from a DNS answer,
+ * still unexpired for some selector, is allowed by that selector's rules.
+ * A global function, verified once; called only where the decision so far
+ * is the default deny of a container with toFQDNs rules, so other traffic
+ * never pays for it. */
+__attribute__((noinline)) int sw_fqdn_match(__u64 cgid, const struct tuple *t, __u32 policy_id, __u32 packed,
+					     __u32 *rule_id)
+{
+	struct fqdn_key k = {};
+	struct fqdn_entry *e;
+	__u32 now;
+
+	if (!t || !rule_id)
+		return 0;
+	*rule_id = 0;
+	k.cgroup_id = cgid;
+	k.family = t->family;
+	__builtin_memcpy(k.addr, t->daddr, 16);
+	e = bpf_map_lookup_elem(&sw_fqdn, &k);
+	if (!e)
+		return 0;
+	now = (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
+	for (int i = 0; i < FQDN_SELECTORS; i++) {
+		__u32 rid = 0;
+
+		if (e->expires[i] <= now)
+			continue;
+		if (sw_match_rules(policy_id, FQDN_PEER_BASE + i, packed, &rid) & RA_ALLOW) {
+			*rule_id = rid;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Turns a default deny of an egress connection into an allow when the
+ * container learned the address for a toFQDNs rule that allows the port. */
+static __always_inline __u8 fqdn_decide(const struct container_info *ci, __u64 cgid, const struct tuple *t,
+					__u8 dir, struct decision *d)
+{
+	__u32 rid = 0;
+
+	if (dir != DIR_EGRESS || d->local || d->reason != REASON_DEFAULT_DENY || !(ci->flags & CF_FQDN))
+		return 0;
+	if (!sw_fqdn_match(cgid, t, ci->policy_id,
+			   (__u32)DIR_EGRESS | ((__u32)(t->has_ports & 1) << 2) | ((__u32)t->proto << 8) |
+				   ((__u32)t->dport << 16),
+			   &rid))
+		return 0;
+	d->verdict = VERDICT_ALLOW;
+	d->reason = REASON_RULE_ALLOW;
+	d->rule_id = rid;
+	return 1;
+}
+
 /* Whether an event may be sent: repeated denies of one flow (of one leaf
  * cgroup) are reported once per config.deny_aggregate_ms, and each container (classified cgroup)
  * has a token bucket per CPU, so one container cannot fill the ring buffer

@@ -62,6 +62,9 @@ type Options struct {
 	CiliumHubble string
 	// CiliumL7Proxy turns the Cilium node's L7 proxy on (localnode.Cilium).
 	CiliumL7Proxy bool
+	// FQDNMaxPerContainer is the agent's share of learned addresses per
+	// container (agent.Options; 0: its default).
+	FQDNMaxPerContainer int
 	// CiliumWithoutKPR runs the Cilium node without kube-proxy
 	// replacement (no socket LB): Services need a kube-proxy stand-in
 	// (localnode.Node.ProxyService).
@@ -200,6 +203,7 @@ func (n *Node) StartAgent() {
 		CiliumHubble:     ciliumHubble,
 		HubbleTLSAddress: tlsAddr, HubbleTLSCertFile: n.opts.HubbleTLS.Cert, HubbleTLSKeyFile: n.opts.HubbleTLS.Key,
 		HubbleTLSClientCAFiles: cas, HubblePeerService: n.opts.HubblePeerService,
+		PodNetns: n.Local.PodNetns, FQDNMaxPerContainer: n.opts.FQDNMaxPerContainer,
 	})
 	if err != nil {
 		t.Fatalf("start agent: %v", err)

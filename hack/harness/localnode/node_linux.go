@@ -471,3 +471,16 @@ func randHex(n int) string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// PodNetns is the path of a running pod's network namespace, by the pod's
+// UID: what kubelet's runtime knows and the node agent's DNS proxy needs.
+func (n *Node) PodNetns(pod *corev1.Pod) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range n.pods {
+		if p.UID == pod.UID && p.NetNSPath != "" {
+			return p.NetNSPath, nil
+		}
+	}
+	return "", fmt.Errorf("pod %s/%s: no network namespace on this node", pod.Namespace, pod.Name)
+}
