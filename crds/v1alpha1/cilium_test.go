@@ -48,7 +48,8 @@ func TestSameFieldsAsCilium(t *testing.T) {
 	}{
 		{EgressRule{}, api.EgressRule{}, "toContainers"},
 		{EgressDenyRule{}, api.EgressDenyRule{}, "toContainers"},
-		{IngressRule{}, api.IngressRule{}, "fromContainers"},
+		// toFQDNs is declared in ingress only so that admission refuses it by name.
+		{IngressRule{}, api.IngressRule{}, "fromContainers,toFQDNs"},
 		{IngressDenyRule{}, api.IngressDenyRule{}, "fromContainers"},
 		{PortRule{}, api.PortRule{}, ""},
 		{PortDenyRule{}, api.PortDenyRule{}, ""},
@@ -58,7 +59,7 @@ func TestSameFieldsAsCilium(t *testing.T) {
 		ours := jsonFields(reflect.TypeOf(c.ours))
 		want := jsonFields(reflect.TypeOf(c.theirs))
 		if c.extra != "" {
-			want = append(want, c.extra)
+			want = append(want, strings.Split(c.extra, ",")...)
 			sort.Strings(want)
 		}
 		if !reflect.DeepEqual(ours, want) {
