@@ -7,9 +7,6 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strings"
-
-	"github.com/cilium/cilium/pkg/fqdn/dns"
 
 	"github.com/cilium/cilium/pkg/labels"
 	"github.com/cilium/cilium/pkg/policy/api"
@@ -122,7 +119,7 @@ type FQDNSelector struct {
 // Matches reports whether the selector matches a DNS name, as Cilium's
 // name manager matches it: lower-cased and fully qualified.
 func (s FQDNSelector) Matches(name string) bool {
-	return s.Regexp != nil && s.Regexp.MatchString(dns.FQDN(strings.ToLower(name)))
+	return translator.MatchFQDN(s.Regexp, name)
 }
 
 // String is the selector as written: the name, or the pattern.

@@ -40,6 +40,9 @@ const (
 	EventReasonFQDNFull = "FQDNMapFull"
 )
 
+// errShareFull: the container holds FQDNMaxPerContainer learned addresses.
+var errShareFull = errors.New("the container's share of learned addresses is used up")
+
 type podProxy struct {
 	proxy *dnsproxy.Proxy
 	uid   types.UID
@@ -183,13 +186,9 @@ func (a *Agent) sweepFQDNLocked(st *State) {
 		a.log.Warn("sweep learned addresses", "err", err)
 		return
 	}
-	a.cfg.Metrics.fqdnAddresses.Set(float64(left))
-	entries, err := dp.FQDNEntries()
-	if err != nil {
-		return
-	}
+	a.cfg.Metrics.fqdnAddresses.Set(float64(len(left)))
 	a.dns.learned = map[uint64]map[netip.Addr]bool{}
-	for _, e := range entries {
+	for _, e := range left {
 		m := a.dns.learned[e.CgroupID]
 		if m == nil {
 			m = map[netip.Addr]bool{}
@@ -259,7 +258,7 @@ func (a *Agent) learnDNS(podID uint32, q *dnsproxy.Query, ans dnsproxy.Answer) e
 		for _, addr := range ans.Addrs {
 			addr = addr.Unmap()
 			if !have[addr] && limit > 0 && len(have) >= limit {
-				errOut = fmt.Errorf("%s: the container's share of %d learned addresses is used up", addr, limit)
+				errOut = fmt.Errorf("%s: %w (%d addresses)", addr, errShareFull, limit)
 				break
 			}
 			for _, s := range matched {
@@ -278,7 +277,7 @@ func (a *Agent) learnDNS(podID uint32, q *dnsproxy.Query, ans dnsproxy.Answer) e
 		if errOut != nil {
 			result = "full"
 			note = "not learned: " + errOut.Error()
-			if !errors.Is(errOut, bpfext.ErrFQDNFull) && !strings.Contains(errOut.Error(), "share") {
+			if !errors.Is(errOut, bpfext.ErrFQDNFull) && !errors.Is(errOut, errShareFull) {
 				result = "error"
 			}
 		}
@@ -386,8 +385,8 @@ func (a *Agent) publishDNS(st *State, podID uint32, q *dnsproxy.Query, ans dnspr
 	for _, ip := range ans.Addrs {
 		d.IPs = append(d.IPs, ip.String())
 	}
-	for _, s := range learned {
-		if note == "" {
+	if note == "" { // a note says why nothing was learned
+		for _, s := range learned {
 			d.Learned = append(d.Learned, s.String())
 		}
 	}
@@ -431,16 +430,6 @@ func (a *Agent) fqdnNote(st *State, ev bpfext.Event) string {
 		note += fmt.Sprintf("; last %s as %s by container %s", how, seen.name, seen.container)
 	}
 	return note
-}
-
-// dnsProxyPort returns the port of the pod's DNS proxy (tests).
-func (a *Agent) DNSProxyPort(podID uint32) (uint16, bool) {
-	a.dns.mu.Lock()
-	defer a.dns.mu.Unlock()
-	if pp, ok := a.dns.proxies[podID]; ok {
-		return pp.proxy.Port(), true
-	}
-	return 0, false
 }
 
 func (a *Agent) stopDNS() {

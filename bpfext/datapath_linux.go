@@ -120,7 +120,10 @@ func (o Options) limits() (rate, burst, aggregateMS, share uint32, err error) {
 // Datapath is the loaded datapath: the pinned maps, the entry programs to
 // attach and the built-in verdict programs.
 type Datapath struct {
-	mu     sync.Mutex // serialises epoch and config updates
+	mu sync.Mutex // serialises epoch and config updates
+	// fqdnMu serialises the read-modify-write of learned FQDN entries (one
+	// entry holds every selector's expiry for one container and address).
+	fqdnMu sync.Mutex
 	pinDir string
 	// ciliumIPCache: the verdict reads Cilium's ipcache, not the stand-in.
 	ciliumIPCache bool

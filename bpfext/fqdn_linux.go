@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -15,10 +14,6 @@ import (
 // ErrFQDNFull is returned by LearnFQDN when the learned-address map has no
 // room for a new address: the address stays unreachable (fail closed).
 var ErrFQDNFull = errors.New("the FQDN map is full")
-
-// fqdnMu serialises the read-modify-write of learned entries (one entry
-// holds every selector's expiry for one container and address).
-var fqdnMu sync.Mutex
 
 // MonotonicSeconds is the datapath's clock for FQDN expiry: CLOCK_MONOTONIC
 // (bpf_ktime_get_ns) in whole seconds.
@@ -54,8 +49,8 @@ func (d *Datapath) LearnFQDN(cgroupID uint64, addr netip.Addr, sel int, until ui
 		return fmt.Errorf("learn: invalid address")
 	}
 	k := fqdnKey(cgroupID, addr)
-	fqdnMu.Lock()
-	defer fqdnMu.Unlock()
+	d.fqdnMu.Lock()
+	defer d.fqdnMu.Unlock()
 	var v objs.SkbFqdnEntry
 	err := d.skb.SwFqdn.Lookup(&k, &v)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -83,6 +78,16 @@ type FQDNEntry struct {
 	Expires [FQDNSelectors]uint32
 }
 
+func fqdnEntry(k objs.SkbFqdnKey, v objs.SkbFqdnEntry) FQDNEntry {
+	e := FQDNEntry{CgroupID: k.CgroupId, Expires: v.Expires}
+	if k.Family == 4 {
+		e.Addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		e.Addr = netip.AddrFrom16(k.Addr)
+	}
+	return e
+}
+
 // FQDNEntries lists the learned addresses.
 func (d *Datapath) FQDNEntries() ([]FQDNEntry, error) {
 	keys, vals, err := readAll[objs.SkbFqdnKey, objs.SkbFqdnEntry](d.skb.SwFqdn, "fqdn")
@@ -91,28 +96,24 @@ func (d *Datapath) FQDNEntries() ([]FQDNEntry, error) {
 	}
 	out := make([]FQDNEntry, 0, len(keys))
 	for i, k := range keys {
-		e := FQDNEntry{CgroupID: k.CgroupId, Expires: vals[i].Expires}
-		if k.Family == 4 {
-			e.Addr = netip.AddrFrom4([4]byte(k.Addr[:4]))
-		} else {
-			e.Addr = netip.AddrFrom16(k.Addr)
-		}
-		out = append(out, e)
+		out = append(out, fqdnEntry(k, vals[i]))
 	}
 	return out, nil
 }
 
 // ExpireFQDN deletes the learned entries every selector of which expired
 // by now (MonotonicSeconds), and those of cgroups keep does not hold (nil
-// keeps every cgroup). It returns how many entries remain.
-func (d *Datapath) ExpireFQDN(now uint32, keep func(cgroupID uint64) bool) (int, error) {
-	fqdnMu.Lock()
-	defer fqdnMu.Unlock()
+// keeps every cgroup). It returns the entries that remain, from the same
+// read of the map.
+func (d *Datapath) ExpireFQDN(now uint32, keep func(cgroupID uint64) bool) ([]FQDNEntry, error) {
+	d.fqdnMu.Lock()
+	defer d.fqdnMu.Unlock()
 	keys, vals, err := readAll[objs.SkbFqdnKey, objs.SkbFqdnEntry](d.skb.SwFqdn, "fqdn")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	var gone []objs.SkbFqdnKey
+	var left []FQDNEntry
 	for i, k := range keys {
 		live := keep == nil || keep(k.CgroupId)
 		if live {
@@ -124,14 +125,16 @@ func (d *Datapath) ExpireFQDN(now uint32, keep func(cgroupID uint64) bool) (int,
 				}
 			}
 		}
-		if !live {
+		if live {
+			left = append(left, fqdnEntry(k, vals[i]))
+		} else {
 			gone = append(gone, k)
 		}
 	}
 	if err := batchDelete(d.skb.SwFqdn, "fqdn", gone); err != nil {
-		return 0, err
+		return nil, err
 	}
-	return len(keys) - len(gone), nil
+	return left, nil
 }
 
 // SetDNSProxy makes the connect and sendmsg hooks send the DNS of the

@@ -3,9 +3,12 @@ package translator
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/cilium/cilium/pkg/fqdn/dns"
 
 	"github.com/cilium/cilium/pkg/policy/api"
 	policytypes "github.com/cilium/cilium/pkg/policy/types"
@@ -376,6 +379,13 @@ func selectorString(es *api.EndpointSelector) string {
 		return "{}"
 	}
 	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// MatchFQDN reports whether Cilium's matcher of a toFQDNs selector
+// (FQDNSelector.ToRegex) matches a DNS name, which Cilium lower-cases and
+// fully qualifies before it matches.
+func MatchFQDN(re *regexp.Regexp, name string) bool {
+	return re != nil && re.MatchString(dns.FQDN(strings.ToLower(name)))
 }
 
 // FQDNString is a toFQDNs selector as a user wrote it: the name, or the

@@ -2,9 +2,6 @@ package translator
 
 import (
 	"net/netip"
-	"strings"
-
-	"github.com/cilium/cilium/pkg/fqdn/dns"
 
 	"github.com/cilium/cilium/pkg/labels"
 	"github.com/cilium/cilium/pkg/policy/api"
@@ -181,7 +178,7 @@ func peerMatches(p Peer, t Traffic) bool {
 			return false
 		}
 		for _, n := range t.PeerNames {
-			if re.MatchString(dns.FQDN(strings.ToLower(n))) {
+			if MatchFQDN(re, n) {
 				return true
 			}
 		}

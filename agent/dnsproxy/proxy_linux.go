@@ -75,8 +75,6 @@ type Proxy struct {
 	closed atomic.Bool
 	ctx    context.Context
 	cancel context.CancelFunc
-	// Queries and Dropped count what the proxy did.
-	Queries, Dropped atomic.Uint64
 }
 
 // Start opens the proxy's sockets inside the pod's network namespace and
@@ -202,7 +200,6 @@ func (p *Proxy) Close() error {
 }
 
 func (p *Proxy) refuse(q *Query, reason string) {
-	p.Dropped.Add(1)
 	if p.cfg.Refused != nil {
 		p.cfg.Refused(q, reason)
 	}
@@ -239,7 +236,6 @@ func (p *Proxy) serveUDP(c *net.UDPConn) {
 			p.cfg.Log.Warn("dns proxy read", "pod", p.cfg.PodID, "err", err)
 			continue
 		}
-		p.Queries.Add(1)
 		b := append([]byte(nil), buf[:n]...)
 		p.wg.Add(1)
 		go func() {
@@ -349,7 +345,6 @@ func (p *Proxy) serveConn(c *net.TCPConn) {
 		if err != nil {
 			return
 		}
-		p.Queries.Add(1)
 		q := &Query{CgroupID: pq.CgroupID, Client: from, Server: pq.Server, Proto: bpfext.ProtoTCP, RuleID: pq.RuleID, Start: time.Now()}
 		if q.Msg, err = ParseQuery(b); err != nil {
 			p.refuse(q, err.Error())

@@ -147,7 +147,13 @@ func fqdnLookup(args []string) int {
 	}
 	// Connect to the first address: TCP to a listener, so "OK" means the
 	// connection was made; a refused connection would say EPERM at once.
-	target := net.JoinHostPort(addrs[0], args[4])
+	reportConnect(net.JoinHostPort(addrs[0], args[4]))
+	return 0
+}
+
+// reportConnect connects over TCP and prints CONNECT OK, CONNECT EPERM (the
+// datapath refused it at once) or CONNECT ERR.
+func reportConnect(target string) {
 	conn, err := net.DialTimeout("tcp", target, 2*time.Second)
 	switch {
 	case err == nil:
@@ -158,7 +164,6 @@ func fqdnLookup(args []string) int {
 	default:
 		fmt.Println("CONNECT ERR", err)
 	}
-	return 0
 }
 
 // fqdnRace looks up N fresh names and, right after each answer, connects
@@ -253,16 +258,7 @@ func fqdnForge(args []string) int {
 		tx.Close()
 		rx.Close()
 	}
-	conn, err := net.DialTimeout("tcp", net.JoinHostPort(ip.String(), "8080"), 2*time.Second)
-	switch {
-	case err == nil:
-		conn.Close()
-		fmt.Println("CONNECT OK")
-	case isEPERM(err):
-		fmt.Println("CONNECT EPERM")
-	default:
-		fmt.Println("CONNECT ERR", err)
-	}
+	reportConnect(net.JoinHostPort(ip.String(), "8080"))
 	return 0
 }
 
