@@ -181,3 +181,127 @@ func BenchmarkRewriteAllPolicies(b *testing.B) {
 		})
 	}
 }
+
+// fqdnBench is a datapath for the toFQDNs benchmarks: the sidecar (policy
+// 1, FQDN) may reach 10.0.0.1:8080 by an ordinary rule, and the n-th toFQDNs
+// selector's learned addresses on TCP 443 (n = last, so that the verdict
+// tries every selector before it). learned addresses are in sw_fqdn for the
+// sidecar, 198.18.x.y, each valid for the last selector only, or for all 16
+// (allSelectors: the worst case, 16 rule matches).
+func fqdnBench(tb testing.TB, fqdn bool, learned int, allSelectors bool) *Datapath {
+	tb.Helper()
+	d := newTestDatapath(tb)
+	rules := []Rule{{RuleID: 1, PolicyID: 1, Direction: Egress, Peer: identityA, Protocol: ProtoTCP, PortLow: 8080, Action: ActionAllow}}
+	if fqdn {
+		rules = append(rules, Rule{RuleID: 2, PolicyID: 1, Direction: Egress, Peer: FQDNPeer(FQDNSelectors - 1),
+			Protocol: ProtoTCP, PortLow: 443, Action: ActionAllow})
+	}
+	if err := d.UpsertRules(rules); err != nil {
+		tb.Fatal(err)
+	}
+	if err := d.UpsertIdentities([]PeerIdentity{{netip.MustParsePrefix("10.0.0.1/32"), identityA}}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := d.UpsertContainers([]Container{{CgroupID: cgSidecar, PolicyID: 1, PodID: 1, ContainerID: 1,
+		EgressRestricted: true, FQDN: fqdn}}); err != nil {
+		tb.Fatal(err)
+	}
+	until := MonotonicSeconds() + 3600
+	for i := range learned {
+		addr := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		for sel := range FQDNSelectors {
+			if !allSelectors && sel != FQDNSelectors-1 {
+				continue
+			}
+			if err := d.LearnFQDN(cgSidecar, addr, sel, until); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	if err := d.SetSocketCache(false); err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
+// BenchmarkVerdictFQDN reports the per-packet cost (BPF_PROG_TEST_RUN,
+// socket cache off: every packet takes the whole verdict) of:
+//   - "ordinary": a packet an ordinary rule allows, from a container without
+//     toFQDNs and from one with them (the toFQDNs code must not cost it);
+//   - "learned": a packet to an address the container learned, with 1 and
+//     1,024 (the default per-container share) learned addresses: the cost
+//     of the learned-map lookup and of one rule match ("selectors=1", the
+//     address learned for one toFQDNs selector) or of 16 ("selectors=16",
+//     learned for every selector and allowed by the last: the worst case);
+//   - "refused": a packet to an address it did not learn (the lookup misses).
+//
+// Next to it, hack/bench-datapath.sh runs BenchmarkVerdict of the revision
+// before toFQDNs (BENCH_BASE) to show ordinary traffic's cost unchanged.
+func BenchmarkVerdictFQDN(b *testing.B) {
+	requireRoot(b)
+	run := func(b *testing.B, d *Datapath, pkt []byte, want uint32) {
+		ctx := skbContext(b, d, cgSidecar)
+		var total float64
+		for b.Loop() {
+			total += timeRun(b, d.VerdictProgram(SlotEgress), ctx, pkt, want)
+		}
+		b.ReportMetric(total/float64(b.N), "ns/pkt")
+	}
+	ordinary := packet("10.1.0.5", "10.0.0.1", ProtoTCP, 30001, 8080)
+	b.Run("ordinary/without-toFQDNs", func(b *testing.B) { run(b, fqdnBench(b, false, 0, false), ordinary, 1) })
+	b.Run("ordinary/with-toFQDNs", func(b *testing.B) { run(b, fqdnBench(b, true, 1024, false), ordinary, 1) })
+	for _, n := range []int{1, 1024} {
+		for _, all := range []bool{false, true} {
+			sels := 1
+			if all {
+				sels = FQDNSelectors
+			}
+			b.Run(fmt.Sprintf("learned/addresses=%d/selectors=%d", n, sels), func(b *testing.B) {
+				run(b, fqdnBench(b, true, n, all), packet("10.1.0.5", "198.18.0.0", ProtoTCP, 30002, 443), 1)
+			})
+		}
+	}
+	b.Run("refused/addresses=1024", func(b *testing.B) {
+		run(b, fqdnBench(b, true, 1024, false), packet("10.1.0.5", "198.19.0.1", ProtoTCP, 30003, 443), 0)
+	})
+}
+
+// BenchmarkFQDNMemory reports the kernel's accounting (fdinfo memlock) of
+// sw_fqdn as learned addresses grow: 1,000, 10,000 and 65,536 (the map's
+// default size) addresses, spread over containers of 1,024 each (the
+// default share). The map is not preallocated, so the figure grows with
+// entries; names cost nothing in the kernel (an entry is an address, with
+// one expiry per selector, however many names resolved to it).
+func BenchmarkFQDNMemory(b *testing.B) {
+	requireRoot(b)
+	memlock := func(b *testing.B, d *Datapath) uint64 {
+		info, err := d.skb.SwFqdn.Info()
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, ok := info.Memlock()
+		if !ok {
+			b.Skip("the kernel reports no memlock for maps")
+		}
+		return m
+	}
+	for _, n := range []int{1000, 10000, 65536} {
+		b.Run(fmt.Sprintf("addresses=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				d := newTestDatapath(b)
+				empty := memlock(b, d)
+				until := MonotonicSeconds() + 3600
+				for i := range n {
+					addr := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+					if err := d.LearnFQDN(cgSidecar+uint64(i/1024), addr, i%FQDNSelectors, until); err != nil {
+						b.Fatal(err)
+					}
+				}
+				full := memlock(b, d)
+				b.ReportMetric(float64(empty), "empty-bytes")
+				b.ReportMetric(float64(full-empty)/float64(n), "bytes/address")
+				b.ReportMetric(float64(full-empty)/(1<<20), "MiB")
+			}
+		})
+	}
+}

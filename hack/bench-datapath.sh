@@ -5,11 +5,19 @@
 #  (b) pps of an iperf3 UDP 64-byte stream from a cgroup in a "pod" netns
 #      over veth to a peer netns: no filter, sidewall, and iptables
 #      `-m cgroup --path` rules in the pod netns, at the same rule counts,
-#      as ratios to no filter.
+#      as ratios to no filter;
+#  (c) toFQDNs: the verdict cost of ordinary traffic, of a packet to a
+#      learned address (1 and 1,024 learned, 1 and 16 selectors) and of a
+#      refused one (BenchmarkVerdictFQDN), sw_fqdn's memory as addresses
+#      grow (BenchmarkFQDNMemory); and ordinary traffic's verdict
+#      next to the revision before toFQDNs (BENCH_BASE, default 2a85d8e),
+#      built from a git worktree, as the ratio of the medians of
+#      BENCH_REPEAT alternating runs.
 # All traffic stays between two network namespaces this script creates
 # (addresses 10.201.0.1/.2 exist only there). Needs root, iperf3, iptables.
 # Bounded: BENCH_SECONDS per iperf3 run (default 3), BENCH_REPEAT runs per
-# figure (default 5), each step under a timeout: about 6 minutes in all.
+# figure (default 5), each step under a timeout: about 8 minutes in all.
+# BENCH_PARTS (default abc) picks the parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The benchmarks need root and built tools, as `make test` does.
@@ -33,6 +41,7 @@ iperf_pid=""
 
 cleanup() {
 	set +e
+	[ -d "$tmp/base" ] && git worktree remove --force "$tmp/base"
 	[ -n "$iperf_pid" ] && kill "$iperf_pid" 2>/dev/null
 	[ -x "$tmp/benchload" ] && [ -d "$pin" ] && "$tmp/benchload" -pin "$pin" -unpin
 	ip netns del "$pod_ns" 2>/dev/null
@@ -43,10 +52,16 @@ cleanup() {
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
+parts=${BENCH_PARTS:-abc}
+if [[ $parts == *a* ]]; then
 echo "== (a) verdict cost, BPF_PROG_TEST_RUN (1M repeats per run, 5 runs)"
 go test -count=1 -run '^$' -bench 'BenchmarkVerdict' -benchtime 5x ./bpfext | awk '/ns\/pkt/ { sub(/-[0-9]+$/, "", $1); printf "   %-32s %8s ns/pkt\n", $1, $(NF-1) }'
 
+fi
+
+if [[ $parts == *b* ]]; then
 echo "== (b) iperf3 UDP 64-byte stream, pod netns -> peer netns over veth, ${SECONDS_PER_RUN}s per run"
 go build -o "$tmp/benchload" ./bpfext/internal/benchload
 ip netns add "$pod_ns"
@@ -97,7 +112,6 @@ iptables_rules() {
 # The machine is shared: each figure is the median of BENCH_REPEAT runs,
 # each run of a filter next to a run without, and the ratio is taken between
 # the two medians so load drift cancels out.
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 measure() { # label setup teardown
 	local label=$1 setup=$2 teardown=$3 b=() v=()
 	for ((r = 0; r < REPEAT; r++)); do
@@ -128,4 +142,38 @@ measure "allow-all cgroup_skb" trivial_on sidewall_off
 for n in $RULE_COUNTS; do
 	measure "sidewall, $n rules" sidewall_on sidewall_off
 	measure "iptables cgroup, $n rules" iptables_on iptables_off
+done
+fi
+
+[[ $parts == *c* ]] || exit 0
+echo "== (c) toFQDNs verdict cost, BPF_PROG_TEST_RUN (socket cache off: every packet takes the whole verdict)"
+go test -count=1 -run '^$' -bench 'BenchmarkVerdictFQDN' -benchtime 5x ./bpfext | awk '/ns\/pkt/ { sub(/-[0-9]+$/, "", $1); printf "   %-60s %8s ns/pkt\n", $1, $(NF-1) }'
+echo "   sw_fqdn memory as learned addresses grow (the kernel's memlock accounting; the empty map's buckets apart):"
+go test -count=1 -run '^$' -bench 'BenchmarkFQDNMemory' -benchtime 1x ./bpfext |
+	awk '/bytes\/address/ { sub(/-[0-9]+$/, "", $1); for (i = 1; i < NF; i++) { if ($(i+1) == "bytes/address") b = $i; if ($(i+1) == "MiB") m = $i; if ($(i+1) == "empty-bytes") e = $i }
+		printf "   %-60s %6s B/address  %7s MiB  (empty map %d KiB)\n", $1, b, m, e / 1024 }'
+base=${BENCH_BASE:-2a85d8e}
+if ! git rev-parse -q --verify "$base^{commit}" >/dev/null; then
+	echo "   ordinary traffic against $base: not in this clone's history, skipped"
+	exit 0
+fi
+echo "   ordinary traffic, this revision against $base (before toFQDNs), median of $REPEAT alternating runs:"
+go test -c -o "$tmp/cur.test" ./bpfext
+git worktree add -q --detach "$tmp/base" "$base"
+(cd "$tmp/base" && go test -c -o "$tmp/base.test" ./bpfext)
+verdicts() { # test binary, package dir: "name ns/pkt" lines
+	(cd "$2" && timeout 600 "$1" -test.run '^$' -test.bench 'BenchmarkVerdict$/rules=(10|1000)$' -test.benchtime 3x) |
+		awk '/ns\/pkt/ { sub(/-[0-9]+$/, "", $1); print $1, $(NF-1) }'
+}
+: >"$tmp/cur" && : >"$tmp/base.out"
+for ((r = 0; r < REPEAT; r++)); do
+	verdicts "$tmp/cur.test" bpfext >>"$tmp/cur"
+	verdicts "$tmp/base.test" "$tmp/base/bpfext" >>"$tmp/base.out"
+done
+printf "   %-40s %10s  %10s  %s\n" "" "$base" "this" "ratio"
+for name in $(awk '{ print $1 }' "$tmp/cur" | sort -u); do
+	b=$(awk -v n="$name" '$1 == n { print $2 }' "$tmp/base.out" | median)
+	c=$(awk -v n="$name" '$1 == n { print $2 }' "$tmp/cur" | median)
+	printf "   %-40s %7s ns  %7s ns  %s\n" "$name" "${b:-n/a}" "$c" \
+		"$(awk -v a="$c" -v b="$b" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }')"
 done

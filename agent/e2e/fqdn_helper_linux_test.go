@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -164,6 +165,59 @@ func reportConnect(target string) {
 	default:
 		fmt.Println("CONNECT ERR", err)
 	}
+}
+
+// fqdnHold looks up NAME, opens a TCP connection to its first address on
+// PORT, exchanges a line with the echo server (OPEN), waits WAIT (the
+// test lets the answer expire meanwhile) and exchanges another line on the
+// same connection: HELD OK when the open connection outlived the answer.
+func fqdnHold(args []string) int {
+	server, name, port := args[0], args[1], args[2]
+	wait, err := time.ParseDuration(args[3])
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 2
+	}
+	r, err := exchange(server, "udp", name, dns.TypeA, false)
+	if err != nil || len(r.Answer) == 0 {
+		fmt.Println("DNSERR", err)
+		return 1
+	}
+	a, ok := r.Answer[0].(*dns.A)
+	if !ok {
+		fmt.Println("DNSERR not an A record:", r.Answer[0])
+		return 1
+	}
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(a.A.String(), port), 2*time.Second)
+	if err != nil {
+		fmt.Println("CONNECT ERR", err)
+		return 1
+	}
+	defer conn.Close()
+	rd := bufio.NewReader(conn)
+	line := func(s string) error {
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := fmt.Fprintln(conn, s); err != nil {
+			return err
+		}
+		got, err := rd.ReadString('\n')
+		if err == nil && !strings.HasSuffix(got, " "+s+"\n") {
+			err = fmt.Errorf("echo %q, want one ending in %q", got, s)
+		}
+		return err
+	}
+	if err := line("first"); err != nil {
+		fmt.Println("OPEN ERR", err)
+		return 1
+	}
+	fmt.Println("OPEN")
+	time.Sleep(wait)
+	if err := line("second"); err != nil {
+		fmt.Println("HELD ERR", err)
+		return 1
+	}
+	fmt.Println("HELD OK")
+	return 0
 }
 
 // fqdnRace looks up N fresh names and, right after each answer, connects

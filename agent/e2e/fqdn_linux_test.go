@@ -236,16 +236,41 @@ func TestFQDN(t *testing.T) {
 			t.Fatalf("lookup through a server not allowed: %q, want EPERM", out)
 		}
 	})
-	t.Run("an expired answer lets no new connection", func(t *testing.T) {
+	t.Run("an expired answer: the open connection lives on, no new one", func(t *testing.T) {
 		ctx := context.Background()
-		out := run("log-shipper", "fqdn", server, "udp", "short.example.test", "A", "8080")
-		if !strings.Contains(out, "CONNECT OK") {
-			t.Fatalf("short.example.test: %q", out)
+		// short.example.test has a TTL of 1 s. The held connection waits
+		// long enough for the test to see the entry gone and a new
+		// connection refused (a dropped SYN: up to 2 s) before it talks again.
+		hold, err := n.Local.RunInContainer(web, "log-shipper", []string{exe, helperArg, "fqdnhold", server, "short.example.test", "8080", "9s"})
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(3 * time.Second)
+		t.Cleanup(func() { hold.Stop() })
+		waitFor(t, "the held connection open", func() error {
+			if out := hold.Output(); !strings.Contains(out, "OPEN\n") {
+				if strings.Contains(out, "ERR") {
+					t.Fatalf("fqdnhold: %s", out)
+				}
+				return fmt.Errorf("not yet: %q", out)
+			}
+			return nil
+		})
+		time.Sleep(2500 * time.Millisecond)
 		n.Agent.Agent.SweepFQDN()
+		if learned(short.IP) {
+			t.Fatal("short.example.test's address is still learned after its TTL and a sweep")
+		}
+		// A new epoch: the held socket's cached verdict is void, so its next
+		// packet takes the whole verdict and passes only by its flow.
+		if err := dp.SetSocketCache(true); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := n.Local.Dial(ctx, web, "log-shipper", "tcp", netip.AddrPortFrom(short.IP, 8080).String(), 2*time.Second); err == nil {
 			t.Error("a new connection to short.example.test's address after its TTL succeeded")
+		}
+		_ = hold.Wait()
+		if out := hold.Output(); !strings.Contains(out, "HELD OK") {
+			t.Errorf("the connection opened while the answer was valid did not outlive it: %q", out)
 		}
 	})
 	t.Run("10,000 lookups, each followed at once by a connection", func(t *testing.T) {

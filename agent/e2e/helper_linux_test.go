@@ -97,6 +97,8 @@ func runHelper(op string, args []string) int {
 		return serveFQDN(args)
 	case "fqdn": // SERVER PROTO NAME QTYPE [PORT]: look up NAME, then connect to its first address
 		return fqdnLookup(args)
+	case "fqdnhold": // SERVER NAME PORT WAIT: connect to NAME, then use the connection again after WAIT
+		return fqdnHold(args)
 	case "fqdnrace": // SERVER N [WORKERS [FIRST]]: N fresh names, each looked up then connected to
 		return fqdnRace(args)
 	case "fqdnforge": // PROXYPORT IP: try to teach this container IP without the proxy
