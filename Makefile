@@ -177,7 +177,7 @@ test-unit: check-imports ## A contributor's fast loop: every test that needs nei
 
 # Each fuzz target as package:Name. Crashers found land in the package's
 # testdata/fuzz/<Name>/ and are replayed by every later `go test`.
-FUZZ_TARGETS := ./translator:FuzzTranslate ./bpfext:FuzzDecodeEvent
+FUZZ_TARGETS := ./translator:FuzzTranslate ./bpfext:FuzzDecodeEvent ./agent/dnsproxy:FuzzParseAnswer
 FUZZTIME ?= 15s
 
 .PHONY: fuzz

@@ -198,11 +198,14 @@ func TestCiliumNode(t *testing.T) {
 			fromCEP[len(fromCEP)/2].Round(time.Millisecond), fromCEP[len(fromCEP)-1].Round(time.Millisecond))
 	})
 
-	t.Run("a CNP Cilium refuses fails with Cilium's message", func(t *testing.T) {
-		// This node runs Cilium without its L7 proxy (no Envoy here), so
-		// Cilium refuses a CNP with HTTP rules: the harness must say so,
-		// with Cilium's reason, instead of waiting or passing.
-		err := n.TryApplyPolicy(`
+	// This node runs Cilium without its L7 proxy (no Envoy here), so
+	// Cilium refuses a CNP with HTTP rules, and one with toFQDNs: the
+	// generated CNP gives its DNS grants Cilium's DNS rule, which needs
+	// Cilium's DNS proxy, part of the L7 proxy (docs/semantics.md, "The
+	// two layers"). The harness must say so, with Cilium's reason,
+	// instead of waiting or passing.
+	for _, tc := range []struct{ name, policy string }{
+		{"refused-l7", `
 metadata: {name: refused-l7}
 spec:
   podSelector: {matchLabels: {app: payments}}
@@ -210,17 +213,32 @@ spec:
   egress:
   - toEndpoints: [{matchLabels: {app: logging}}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: POST, path: "^/ingest$"}]}}]
-`)
-		t.Cleanup(func() { n.DeletePolicy("refused-l7") })
-		var refusal *localnode.CiliumRefusal
-		if !errors.As(err, &refusal) {
-			t.Fatalf("applying an HTTP policy on a Cilium node without L7 proxy: got %v, want Cilium's refusal", err)
-		}
-		if want := "L7 policy is not supported since L7 proxy is not enabled"; !strings.Contains(refusal.Message, want) {
-			t.Errorf("Cilium's message %q does not say %q", refusal.Message, want)
-		}
-		t.Logf("as reported: %v", err)
-	})
+`},
+		{"refused-fqdn", `
+metadata: {name: refused-fqdn}
+spec:
+  podSelector: {matchLabels: {app: payments}}
+  containers: {names: [app]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: logging}}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+  - toFQDNs: [{matchName: api.example.test}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`},
+	} {
+		t.Run("a CNP Cilium refuses fails with Cilium's message: "+tc.name, func(t *testing.T) {
+			err := n.TryApplyPolicy(tc.policy)
+			t.Cleanup(func() { n.DeletePolicy(tc.name) })
+			var refusal *localnode.CiliumRefusal
+			if !errors.As(err, &refusal) {
+				t.Fatalf("applying %s on a Cilium node without L7 proxy: got %v, want Cilium's refusal", tc.name, err)
+			}
+			if want := "L7 policy is not supported since L7 proxy is not enabled"; !strings.Contains(refusal.Message, want) {
+				t.Errorf("Cilium's message %q does not say %q", refusal.Message, want)
+			}
+			t.Logf("as reported: %v", err)
+		})
+	}
 
 	t.Run("restarts lose no enforcement", func(t *testing.T) {
 		exe, err := os.Executable()
@@ -362,17 +380,7 @@ spec:
 		}
 		logSvc := createService(t, n, "logging-by-name", logging)
 		name := "logging-by-name." + n.Namespace + ".svc.cluster.local"
-		srv, err := n.Local.RunInContainer(dnsPod, "coredns", []string{exe, helperArg, "dns", name + "=" + logSvc.Addr().String()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { srv.Stop() })
-		waitFor(t, "dns server ready", func() error {
-			if !strings.Contains(srv.Output(), "READY") {
-				return fmt.Errorf("not yet: %s", srv.Output())
-			}
-			return nil
-		})
+		startHelperServer(t, n, dnsPod, "coredns", "dns", name+"="+logSvc.Addr().String())
 		kubeDNS := n.CreateService("kube-system", "kube-dns-"+agentnode.RandHex(3), dnsPod, "dns", corev1.ProtocolUDP, 53, 53)
 		resolve := func(container string) (string, error) {
 			pr, err := n.Local.RunInContainer(web, container, []string{exe, helperArg, "resolve", kubeDNS.String(), name})

@@ -6,13 +6,18 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/cilium/dns"
+
+	"github.com/sidewall/sidewall/hack/harness/agentnode"
+	"github.com/sidewall/sidewall/hack/harness/localnode"
 )
 
 // The FQDN test's DNS server answers, on UDP and TCP port 53:
@@ -27,6 +32,8 @@ import (
 //	n<i>.race.example.test A a.b.(100+i/256).(i%256) in the fourth IP argument's /16
 //	                      (the pods' subnet, unused there), TTL 60: a fresh name and address per cycle
 //	wrongid.example.test  an answer with another id, then none
+//	world.example.test    A    the fifth IP argument, if given, TTL 30 (an address
+//	                      outside the cluster)
 func serveFQDN(ips []string) int {
 	addr := func(i int) net.IP { return net.ParseIP(ips[i]).To4() }
 	rr := func(s string) dns.RR {
@@ -76,6 +83,8 @@ func serveFQDN(ips []string) int {
 			i, _ := strconv.Atoi(strings.TrimPrefix(strings.TrimSuffix(name, ".race.example.test."), "n"))
 			base := addr(3)
 			a(name, 60, net.IPv4(base[0], base[1], byte(100+i/256), byte(i%256)).To4())
+		case name == "world.example.test." && qt == dns.TypeA && len(ips) > 4:
+			a(name, 30, addr(4))
 		case name == "wrongid.example.test.":
 			m.Id++
 		default:
@@ -324,4 +333,57 @@ func errString(err error) string {
 		return "EPERM"
 	}
 	return err.Error()
+}
+
+// startHelperServer runs this test binary's helper mode args in a
+// container of p (a server that prints READY when it serves) and waits
+// until it is ready; the test's cleanup stops it.
+func startHelperServer(t *testing.T, n *agentnode.Node, p *localnode.Pod, container string, args ...string) *localnode.Process {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := n.Local.RunInContainer(p, container, append([]string{exe, helperArg}, args...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	waitFor(t, args[0]+" ready", func() error {
+		if !strings.Contains(srv.Output(), "READY") {
+			return fmt.Errorf("not yet: %s", srv.Output())
+		}
+		return nil
+	})
+	return srv
+}
+
+// helperRunner returns a function that runs a helper mode in a container
+// of p to its end and returns what it printed.
+func helperRunner(t *testing.T, n *agentnode.Node, p *localnode.Pod) func(container string, args ...string) string {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(container string, args ...string) string {
+		t.Helper()
+		pr, err := n.Local.RunInContainer(p, container, append([]string{exe, helperArg}, args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = pr.Wait()
+		return strings.TrimSpace(pr.Output())
+	}
+}
+
+// waitDNSProxy waits until the agent redirects a pod's DNS to its proxy.
+func waitDNSProxy(t *testing.T, n *agentnode.Node) {
+	t.Helper()
+	waitFor(t, "the pod's DNS proxy", func() error {
+		ps, err := n.Agent.Datapath.DNSProxies()
+		if err != nil || len(ps) == 0 {
+			return fmt.Errorf("no DNS proxy in the datapath (%v)", err)
+		}
+		return nil
+	})
 }

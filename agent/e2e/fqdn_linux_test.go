@@ -77,38 +77,14 @@ func TestFQDN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := n.Local.RunInContainer(dnsPod, "app", []string{exe, helperArg, "fqdnserve", api.IP.String(), other.IP.String(), short.IP.String(), n.Local.PodCIDR().Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Stop() })
-	waitFor(t, "dns server ready", func() error {
-		if !strings.Contains(srv.Output(), "READY") {
-			return fmt.Errorf("not yet: %s", srv.Output())
-		}
-		return nil
-	})
+	startHelperServer(t, n, dnsPod, "app", "fqdnserve", api.IP.String(), other.IP.String(), short.IP.String(), n.Local.PodCIDR().Addr().String())
 	server := netip.AddrPortFrom(dnsPod.IP, 53).String()
 	for _, doc := range strings.Split(fqdnPolicy, "---\n") {
 		n.ApplyPolicy(doc)
 	}
 	dp := n.Agent.Datapath
-	waitFor(t, "the web pod's DNS proxy", func() error {
-		ps, err := dp.DNSProxies()
-		if err != nil || len(ps) == 0 {
-			return fmt.Errorf("no DNS proxy in the datapath (%v)", err)
-		}
-		return nil
-	})
-	run := func(container string, args ...string) string {
-		t.Helper()
-		pr, err := n.Local.RunInContainer(web, container, append([]string{exe, helperArg}, args...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = pr.Wait()
-		return strings.TrimSpace(pr.Output())
-	}
+	waitDNSProxy(t, n)
+	run := helperRunner(t, n, web)
 	learned := func(ip netip.Addr) bool {
 		es, err := dp.FQDNEntries()
 		if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -97,9 +98,10 @@ func sortedLabels(m map[string]string) []string {
 }
 
 // waitCiliumImported waits until the cilium-agent has imported every
-// CiliumNetworkPolicy the controller generated, written at or after since,
-// and fails with Cilium's own message if it refused one.
-func (d *demo) waitCiliumImported(ctx context.Context, since time.Time) error {
+// CiliumNetworkPolicy the controller generated (for the policies named in
+// only, if any), written at or after since, and fails with Cilium's own
+// message if it refused one.
+func (d *demo) waitCiliumImported(ctx context.Context, since time.Time, only ...string) error {
 	if !d.cilium {
 		return nil
 	}
@@ -109,7 +111,7 @@ func (d *demo) waitCiliumImported(ctx context.Context, since time.Time) error {
 	}
 	for _, p := range ps {
 		name := p.Status.GeneratedPolicy
-		if name == "" {
+		if name == "" || (len(only) > 0 && !slices.Contains(only, p.Name)) {
 			continue
 		}
 		wctx, cancel := context.WithTimeout(ctx, waitLimit)

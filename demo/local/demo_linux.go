@@ -60,6 +60,7 @@ type demo struct {
 	cs       kubernetes.Interface
 	node     *localnode.Node
 	agent    *agent.Agent
+	dp       *bpfext.Datapath
 	obs      *hubble.Server
 	hubbleAt string
 	pods     map[string]*localnode.Pod
@@ -177,6 +178,9 @@ func (d *demo) run(ctx context.Context, hubbleBin string, keep bool) error {
 		return err
 	}
 	if err := d.showHubble(ctx); err != nil {
+		return err
+	}
+	if err := d.showFQDN(ctx); err != nil {
 		return err
 	}
 	d.showLimits()
@@ -409,7 +413,7 @@ func (d *demo) startAgent(ctx context.Context) (err error) {
 			return err
 		}
 	})
-	d.agent, d.obs = n.Agent, n.Hubble
+	d.agent, d.dp, d.obs = n.Agent, n.Datapath, n.Hubble
 	d.hubbleAt = n.Hubble.Addrs()[0].String()
 	defer func() {
 		if err == nil {

@@ -14,7 +14,9 @@
 // sidecar; `logging` and `payments` are its peers. The policy (policy.yaml,
 // the same as demo/shop/policy.yaml) lets the log shipper send only HTTP
 // POST /ingest to logging:8080, and lets only the app itself reach its admin
-// port.
+// port. A second pod, orders, has a telemetry sidecar that fqdn-policy.yaml
+// allows one external name (toFQDNs), resolved through the shop's DNS
+// server (pod dns).
 //
 // It then prints Cilium's endpoints and identities for the shop, the
 // policy, the CiliumNetworkPolicy the controller generated from it (and
@@ -22,8 +24,10 @@
 // connections made by processes in those containers with the expected
 // result, sidewall's actual one and Cilium's own verdict from its Hubble,
 // and the stock `hubble observe` CLI's view of the denied flows, served by
-// the agent, and of the pod's flows in Cilium's Hubble. It exits 0 only
-// when every actual result is the expected one, and removes everything it
+// the agent, and of the pod's flows in Cilium's Hubble. Last come requests
+// by name from the orders pod's containers, what Cilium's DNS proxy
+// learned for the pod, and the sidecar's DNS flows and refused connection
+// in hubble. It exits 0 only when every actual result is the expected one, and removes everything it
 // made (pods, cgroups, network namespaces, the cilium-agent, processes, BPF
 // pins, the control plane) on success, on failure and on Ctrl-C. With
 // --keep it stays up until Ctrl-C so kubectl and hubble can be tried by

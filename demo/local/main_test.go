@@ -143,6 +143,55 @@ var wantRows = []struct {
 	{"payments/payments", "GET web:9090", "denied", "denied: dropped", "FORWARDED"},
 }
 
+// The toFQDNs rows (section 6): the sidecar reaches the name its policy
+// allows and is refused another, which the app still reaches; each name
+// resolves through the shop's DNS server.
+var wantFQDNRows = []struct {
+	from, to, expected, actual string
+}{
+	{"orders/telemetry", "POST otlp.traces.example-saas.test:8080 /v1/traces", "allowed", "allowed (HTTP 200)"},
+	{"orders/telemetry", "POST collect.tracker.example.test:8080 /upload", "denied", "operation not permitted (EPERM)"},
+	{"orders/app", "POST collect.tracker.example.test:8080 /upload", "allowed", "allowed (HTTP 200)"},
+}
+
+// checkRow finds the table row from → to in out and checks that it ends in
+// ok with the expected and actual results; it returns the row ("" if none).
+func checkRow(t *testing.T, what, out, from, to, expected, actual string) string {
+	t.Helper()
+	var row string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, from+" ") && strings.Contains(l, to) {
+			row = l
+			break
+		}
+	}
+	switch f := strings.Fields(row); {
+	case row == "":
+		t.Errorf("no %s %s → %s", what, from, to)
+	case f[len(f)-1] != "ok":
+		t.Errorf("%s %s → %s does not end in ok: %q", what, from, to, row)
+	case !strings.Contains(row, " "+expected+" ") || !strings.Contains(row, actual):
+		t.Errorf("%s %s → %s: want expected %q and actual %q, got %q", what, from, to, expected, actual, row)
+	}
+	return row
+}
+
+// checkFQDNRows checks section 6's rows of the output.
+func checkFQDNRows(t *testing.T, out string) {
+	t.Helper()
+	for _, w := range wantFQDNRows {
+		checkRow(t, "toFQDNs row", out, w.from, w.to, w.expected, w.actual)
+	}
+	for _, want := range []string{
+		"DNS RESPONSE otlp.traces.example-saas.test. -> ",
+		"missed spec.egress[1].toFQDNs[0] (*.traces.example-saas.test); last resolved as collect.tracker.example.test.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("toFQDNs section lacks %q", want)
+		}
+	}
+}
+
 // TestDemoEndToEnd runs `make demo`'s default: the shop on a real
 // cilium-agent, with Cilium's verdict beside sidewall's.
 func TestDemoEndToEnd(t *testing.T) {
@@ -153,23 +202,9 @@ func TestDemoEndToEnd(t *testing.T) {
 	if code != 0 {
 		t.Errorf("demo exit status %d, want 0", code)
 	}
-	lines := strings.Split(out, "\n")
 	for _, w := range wantRows {
-		var row string
-		for _, l := range lines {
-			if strings.HasPrefix(l, w.from+" ") && strings.Contains(l, w.to) {
-				row = l
-				break
-			}
-		}
-		switch f := strings.Fields(row); {
-		case row == "":
-			t.Errorf("no matrix row %s → %s", w.from, w.to)
-		case f[len(f)-1] != "ok":
-			t.Errorf("row %s → %s does not end in ok: %q", w.from, w.to, row)
-		case !strings.Contains(row, " "+w.expected+" ") || !strings.Contains(row, w.actual):
-			t.Errorf("row %s → %s: want expected %q and actual %q, got %q", w.from, w.to, w.expected, w.actual, row)
-		case !strings.Contains(row, "  "+w.cilium+"  "):
+		row := checkRow(t, "matrix row", out, w.from, w.to, w.expected, w.actual)
+		if row != "" && !strings.Contains(row, "  "+w.cilium+"  ") {
 			t.Errorf("row %s → %s: want Cilium's Hubble to show %q, got %q", w.from, w.to, w.cilium, row)
 		}
 	}
@@ -178,7 +213,14 @@ func TestDemoEndToEnd(t *testing.T) {
 		"path: ^/ingest$",
 		"method: POST",
 		"[sidewall.io/container=log-shipper] -> shop/payments:8080 DROPPED POLICY_DENIED",
-		"PASS: all 10 checks",
+		"PASS: all 16 checks",
+		// The toFQDNs policy's CNP: the name for Cilium, and the DNS rule
+		// that puts Cilium's DNS proxy in the path; Cilium learned for
+		// the pod.
+		"cilium-agent imported ciliumnetworkpolicy.cilium.io/sidewall-telemetry-saas",
+		"- matchPattern: '*.traces.example-saas.test'",
+		"- matchPattern: '*'",
+		"check: Cilium's DNS proxy learned otlp.traces.example-saas.test → ",
 		// Cilium's own objects and its import of the generated policies.
 		"ciliumendpoint.cilium.io/web",
 		"ciliumidentity.cilium.io/",
@@ -197,6 +239,7 @@ func TestDemoEndToEnd(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^log-shipper-egress\s+Enforce\s+log-shipper\s+1\s+True\s`).MatchString(out) {
 		t.Errorf("no ctrnp status row for log-shipper-egress (Enforce, log-shipper, 1 pod, Ready)")
 	}
+	checkFQDNRows(t, out)
 	checkCleanedUp(t, out)
 }
 
@@ -217,7 +260,8 @@ func TestDemoKeepInterrupt(t *testing.T) {
 		}
 	}
 	out := r.output()
-	for _, want := range []string{"kubectl get ctrnp -n shop", "KUBECONFIG=", "observe --server 127.0.0.1:", "--cilium=false: no Cilium runs"} {
+	checkFQDNRows(t, out)
+	for _, want := range []string{"PASS: all 14 checks", "kubectl get ctrnp -n shop", "KUBECONFIG=", "observe --server 127.0.0.1:", "--cilium=false: no Cilium runs"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("--keep output lacks %q", want)
 		}

@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+	"github.com/cilium/cilium/api/v1/models"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -144,25 +147,9 @@ func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, err
 	if n.cilium == nil {
 		return 0, errors.New("the node runs no Cilium")
 	}
-	hc := n.cilium.client()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://cilium/v1/policy", nil)
-	if err != nil {
+	var pol models.Policy
+	if _, err := n.ciliumGET(ctx, "/v1/policy", &pol); err != nil {
 		return 0, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	var pol struct {
-		Policy string `json:"policy"`
-	}
-	if err := json.Unmarshal(body, &pol); err != nil {
-		return 0, fmt.Errorf("GET /v1/policy: %w: %s", err, body)
 	}
 	var rules []struct {
 		Labels []struct {
@@ -185,6 +172,94 @@ func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, err
 		}
 	}
 	return count, nil
+}
+
+// CiliumFQDNCache returns what the Cilium agent's DNS proxy learned (GET
+// /v1/fqdn/cache, as `cilium-dbg fqdn cache list` asks): per endpoint, the
+// names looked up and the addresses they resolved to.
+func (n *Node) CiliumFQDNCache(ctx context.Context) ([]*models.DNSLookup, error) {
+	var out []*models.DNSLookup
+	status, err := n.ciliumGET(ctx, "/v1/fqdn/cache", &out)
+	if status == http.StatusNotFound {
+		// The cache holds nothing that matches.
+		return nil, nil
+	}
+	return out, err
+}
+
+// WaitCiliumRedirect waits until the Cilium endpoint of the pod with
+// address ip has a redirect of its egress to port to Cilium's proxy for
+// the L7 protocol parser ("dns", "http"), as the endpoint's proxy
+// statistics report it (GET /v1/endpoint, as `cilium-dbg endpoint get`):
+// Cilium allocated the proxy port at the endpoint's regeneration. It also
+// waits until the endpoint has realized the policy repository's current
+// revision: that regeneration finished, the policy map included.
+func (n *Node) WaitCiliumRedirect(ctx context.Context, ip netip.Addr, parser string, port int) error {
+	var pol models.Policy
+	if _, err := n.ciliumGET(ctx, "/v1/policy", &pol); err != nil {
+		return err
+	}
+	for {
+		var eps []*models.Endpoint
+		if _, err := n.ciliumGET(ctx, "/v1/endpoint", &eps); err != nil {
+			return err
+		}
+		found := false
+		for _, ep := range eps {
+			if ep.Status == nil || ep.Status.Networking == nil || ep.Status.Policy == nil {
+				continue
+			}
+			if !slices.ContainsFunc(ep.Status.Networking.Addressing, func(a *models.AddressPair) bool { return a.IPv4 == ip.String() || a.IPv6 == ip.String() }) {
+				continue
+			}
+			found = true
+			if ep.Status.Policy.Realized == nil || ep.Status.Policy.Realized.PolicyRevision < pol.Revision {
+				continue
+			}
+			for _, st := range ep.Status.Policy.ProxyStatistics {
+				if st.Location == models.ProxyStatisticsLocationEgress && st.Protocol == parser && st.Port == int64(port) && st.AllocatedProxyPort != 0 {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if !found {
+				return fmt.Errorf("cilium-agent has no endpoint with address %s: %w", ip, ctx.Err())
+			}
+			return fmt.Errorf("cilium-agent's endpoint of %s has not realized policy revision %d with a %s redirect of egress port %d: %w", ip, pol.Revision, parser, port, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// ciliumGET asks the Cilium agent's API for path and decodes its JSON
+// answer into out. It returns the HTTP status too, and an error for any
+// status but 200.
+func (n *Node) ciliumGET(ctx context.Context, path string, out any) (int, error) {
+	if n.cilium == nil {
+		return 0, errors.New("the node runs no Cilium")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://cilium"+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := n.cilium.client().Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return resp.StatusCode, fmt.Errorf("GET %s: %s: %s", path, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return resp.StatusCode, fmt.Errorf("GET %s: %w: %s", path, err, body)
+	}
+	return resp.StatusCode, nil
 }
 
 // CiliumFlows returns the flows the Cilium agent's own Hubble recorded

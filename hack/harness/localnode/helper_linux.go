@@ -9,10 +9,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cilium/dns"
 )
 
 const (
@@ -41,17 +44,42 @@ type result struct {
 	Error   string `json:"error,omitempty"`
 	Status  int    `json:"status,omitempty"`
 	Reply   string `json:"reply,omitempty"`
+	// Addrs is what the lookup of a by-name request resolved to.
+	Addrs []string `json:"addrs,omitempty"`
 }
 
 func helperMain(args []string) int {
 	go exitWithParent()
 	ident := os.Getenv(identEnv)
 	usage := func() int {
-		fmt.Fprintln(os.Stderr, "usage: serve tcp|udp|http PORT | dial tcp|udp ADDR TIMEOUT | http METHOD URL TIMEOUT")
+		fmt.Fprintln(os.Stderr, "usage: serve tcp|udp|http PORT | serve dns PORT NAME=IPv4... | dial tcp|udp ADDR TIMEOUT | http METHOD URL TIMEOUT | httpdns SERVER METHOD URL TIMEOUT")
 		return 2
 	}
 	if len(args) < 3 {
 		return usage()
+	}
+	switch args[0] {
+	case "serve":
+		if args[1] != "dns" {
+			break
+		}
+		if err := serveDNS(args[2], args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "serve dns:", err)
+			return 1
+		}
+		return 0
+	case "httpdns":
+		if len(args) < 5 {
+			return usage()
+		}
+		timeout, err := time.ParseDuration(args[4])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "timeout:", err)
+			return 2
+		}
+		b, _ := json.Marshal(httpByName(args[1], args[2], args[3], timeout))
+		fmt.Printf("%s%s\n", resultMarker, b)
+		return 0
 	}
 	switch args[0] {
 	case "serve":
@@ -190,11 +218,14 @@ func sendto(addr, ident string, deadline time.Time) result {
 func httpRequest(method, url string, timeout time.Duration) result {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	return doRequest(ctx, &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}, method, url)
+}
+
+func doRequest(ctx context.Context, client *http.Client, method, url string) result {
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return result{Op: "request", Error: err.Error()}
 	}
-	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	resp, err := client.Do(req)
 	if err != nil {
 		r := failure("request", err)
@@ -206,6 +237,86 @@ func httpRequest(method, url string, timeout time.Duration) result {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
 	return result{OK: true, Status: resp.StatusCode, Reply: string(body)}
+}
+
+// serveDNS answers, on UDP and TCP port, the A query of each name given
+// as NAME=IPv4 with that address (TTL 60 s), and any other query of such a
+// name with no records; other names get NXDOMAIN.
+func serveDNS(port string, records []string) error {
+	addrs := map[string]net.IP{}
+	for _, r := range records {
+		name, ip, _ := strings.Cut(r, "=")
+		a := net.ParseIP(ip).To4()
+		if name == "" || a == nil {
+			return fmt.Errorf("record %q: want NAME=IPv4", r)
+		}
+		addrs[dns.CanonicalName(name)] = a
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Compress = true
+		if len(q.Question) != 1 {
+			m.Rcode = dns.RcodeFormatError
+			_ = w.WriteMsg(m)
+			return
+		}
+		question := q.Question[0]
+		switch a, ok := addrs[dns.CanonicalName(question.Name)]; {
+		case !ok:
+			m.Rcode = dns.RcodeNameError
+		case question.Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: question.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: a})
+		}
+		_ = w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", ":"+port)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", ":"+port)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- (&dns.Server{PacketConn: pc, Handler: h}).ActivateAndServe() }()
+	go func() { errc <- (&dns.Server{Listener: ln, Handler: h}).ActivateAndServe() }()
+	fmt.Println(readyMarker, pc.LocalAddr())
+	return <-errc
+}
+
+// httpByName resolves the URL's host as a pod's resolver does (Go's
+// resolver, its queries over UDP to server, which a connected socket sends),
+// then sends the request to the first address it got.
+func httpByName(server, method, rawURL string, timeout time.Duration) result {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return result{Op: "request", Error: err.Error()}
+	}
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, server)
+	}}
+	ips, err := resolver.LookupNetIP(ctx, "ip4", u.Hostname())
+	if err != nil {
+		return failure("resolve", err)
+	}
+	var addrs []string
+	for _, ip := range ips {
+		addrs = append(addrs, ip.String())
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return (&net.Dialer{}).DialContext(ctx, "tcp4", net.JoinHostPort(addrs[0], port))
+		}}}
+	r := doRequest(ctx, client, method, rawURL)
+	r.Addrs = addrs
+	return r
 }
 
 func failure(op string, err error) result {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -216,7 +217,29 @@ func (n *Node) Listen(ctx context.Context, p *Pod, container, proto string, port
 	if port <= 0 || port > 65535 {
 		return nil, fmt.Errorf("listen: port %d: want 1-65535", port)
 	}
-	pr, err := n.start(p, container, helperCmd(p, container, "serve", proto, strconv.Itoa(port)), readyMarker)
+	return n.startServer(ctx, p, container, proto, port, helperCmd(p, container, "serve", proto, strconv.Itoa(port)))
+}
+
+// ServeDNS starts a DNS server in the container and returns once it
+// listens on UDP and TCP port of all the pod's addresses. It answers the A
+// query of each name in records with its address (TTL 60 s), any other
+// query of such a name with no records, and other names with NXDOMAIN.
+func (n *Node) ServeDNS(ctx context.Context, p *Pod, container string, port int, records map[string]netip.Addr) (*Process, error) {
+	if port <= 0 || port > 65535 {
+		return nil, fmt.Errorf("serve dns: port %d: want 1-65535", port)
+	}
+	args := []string{"serve", "dns", strconv.Itoa(port)}
+	for name, a := range records {
+		if !a.Is4() {
+			return nil, fmt.Errorf("serve dns: %s: %s is not an IPv4 address", name, a)
+		}
+		args = append(args, name+"="+a.String())
+	}
+	return n.startServer(ctx, p, container, "dns", port, helperCmd(p, container, args...))
+}
+
+func (n *Node) startServer(ctx context.Context, p *Pod, container, proto string, port int, cmd *exec.Cmd) (*Process, error) {
+	pr, err := n.start(p, container, cmd, readyMarker)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
@@ -287,6 +310,27 @@ func (n *Node) HTTP(ctx context.Context, p *Pod, container, method, url string, 
 		return 0, "", err
 	}
 	return r.Status, r.Reply, r.err()
+}
+
+// HTTPByName is HTTP with the URL's host name looked up first by the
+// process in the container, as a pod's resolver does: Go's resolver, its A
+// query over UDP (a connected socket) to dnsServer ("ip:port"). The request
+// goes to the first address of the answer, which is returned too (none if
+// the lookup failed; the error's Op is then "resolve").
+func (n *Node) HTTPByName(ctx context.Context, p *Pod, container, dnsServer, method, url string, timeout time.Duration) (int, string, []netip.Addr, error) {
+	r, err := n.runClient(ctx, p, container, timeout, "httpdns", dnsServer, method, url, timeout.String())
+	if err != nil {
+		return 0, "", nil, err
+	}
+	var addrs []netip.Addr
+	for _, s := range r.Addrs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return 0, "", nil, fmt.Errorf("httpdns from %s/%s: bad address %q in the result", p.Name, container, s)
+		}
+		addrs = append(addrs, a)
+	}
+	return r.Status, r.Reply, addrs, r.err()
 }
 
 func (n *Node) runClient(ctx context.Context, p *Pod, container string, timeout time.Duration, args ...string) (*result, error) {
