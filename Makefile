@@ -116,8 +116,10 @@ cilium-tools: $(BIN)/cilium-agent $(BIN)/cilium-cni $(BIN)/cilium-lib $(BIN)/hub
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 llvm-19 ipset iptables iproute2 >/dev/null; }
 
 .PHONY: clang
-clang: ## Install the pinned clang/llvm/bpftool from Debian if missing (needed only by `make generate`).
-	@command -v clang-$(CLANG_VERSION) >/dev/null && command -v llvm-strip-$(CLANG_VERSION) >/dev/null || { \
+clang: ## Install the pinned clang/llvm and libbpf's headers from Debian if missing (needed only by `make generate`).
+	@# libbpf-dev too: cilium-tools installs clang and llvm without it.
+	@command -v clang-$(CLANG_VERSION) >/dev/null && command -v llvm-strip-$(CLANG_VERSION) >/dev/null \
+	  && test -f /usr/include/bpf/bpf_helpers.h || { \
 	  echo ">> installing clang-$(CLANG_VERSION) from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-$(CLANG_VERSION) llvm-$(CLANG_VERSION) libbpf-dev >/dev/null; }
 

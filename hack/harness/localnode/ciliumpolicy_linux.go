@@ -83,16 +83,32 @@ func (n *Node) CiliumPolicyOutcome(ns, name string, since time.Time) (bool, erro
 }
 
 // WaitCiliumPolicy waits until the Cilium agent imports the
-// CiliumNetworkPolicy ns/name, written at or after since. It returns a
-// *CiliumRefusal at once if the agent refuses it.
+// CiliumNetworkPolicy ns/name, written at or after since, and its policy
+// repository holds the policy's rules: Cilium logs "Imported" when it has
+// queued the rules to its policy importer, which adds them to the
+// repository a moment later. It returns a *CiliumRefusal at once if the
+// agent refuses the policy.
 func (n *Node) WaitCiliumPolicy(ctx context.Context, ns, name string, since time.Time) error {
+	imported := false
 	for {
-		ok, err := n.CiliumPolicyOutcome(ns, name, since)
-		if err != nil || ok {
-			return err
+		if !imported {
+			ok, err := n.CiliumPolicyOutcome(ns, name, since)
+			if err != nil {
+				return err
+			}
+			imported = ok
+		}
+		if imported {
+			rules, err := n.CiliumPolicyRules(ctx, ns, name)
+			if err != nil || rules > 0 {
+				return err
+			}
 		}
 		select {
 		case <-ctx.Done():
+			if imported {
+				return fmt.Errorf("cilium-agent imported CiliumNetworkPolicy %s/%s, but its policy repository holds none of its rules: %w", ns, name, ctx.Err())
+			}
 			return fmt.Errorf("cilium-agent has not imported CiliumNetworkPolicy %s/%s: %w", ns, name, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
