@@ -625,7 +625,7 @@ func (c *ciliumNode) stop() error {
 			errs = append(errs, fmt.Errorf("delete %s: %w", c.hostVth, err))
 		}
 	}
-	if err := netns.DeleteNamed(c.nsName); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := deleteNamedNetns(c.nsName); err != nil {
 		errs = append(errs, fmt.Errorf("delete network namespace %s: %w", c.nsName, err))
 	}
 	c.mu.Lock()

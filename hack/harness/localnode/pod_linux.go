@@ -693,11 +693,36 @@ func (n *Node) teardownPodNetwork(p *Pod) error {
 		}
 	}
 	if p.NetNSName != "" {
-		if err := netns.DeleteNamed(p.NetNSName); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := deleteNamedNetns(p.NetNSName); err != nil {
 			errs = append(errs, fmt.Errorf("delete network namespace %s: %w", p.NetNSName, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// deleteNamedNetns removes a network namespace made by newNamedNetns, as
+// `ip netns delete` does: it detaches the bind mount and removes its file.
+// The removal fails with EBUSY while the file is still a mount point here:
+// /run/netns is a shared mount, and a copy of the bind mount can come back
+// stacked on it by propagation from the mount namespaces that runc and
+// containerd make (in tests running beside this one). So it detaches and
+// removes again, for a while.
+func deleteNamedNetns(name string) error {
+	path := filepath.Join("/run/netns", name)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+		err := os.Remove(path)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // newNamedNetns creates a network namespace bind-mounted under /run/netns
