@@ -13,7 +13,6 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"github.com/cilium/cilium/pkg/k8s/client/clientset/versioned"
-	"github.com/vishvananda/netlink"
 
 	"github.com/sidewall/sidewall/hack/harness/agentnode"
 	"github.com/sidewall/sidewall/hack/harness/localnode"
@@ -55,19 +54,17 @@ func TestCiliumFQDN(t *testing.T) {
 	for _, p := range []*localnode.Pod{api, other} {
 		n.Listen(p, "app", "tcp", 8080)
 	}
-	// An address outside the cluster: the host's end of the link to the
-	// Cilium node, where this test process listens.
-	world, err := net.Listen("tcp", netip.AddrPortFrom(n.Local.HostIP().Prev(), 9443).String())
+	// An address outside the cluster, where this test process listens.
+	outside, unroute, err := n.Local.OutsideHost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unroute() })
+	world, err := net.Listen("tcp", netip.AddrPortFrom(outside, 9443).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { world.Close() })
-	// Its replies to the pods go back through the Cilium node.
-	back := &netlink.Route{Dst: &net.IPNet{IP: n.Local.PodCIDR().Addr().AsSlice(), Mask: net.CIDRMask(n.Local.PodCIDR().Bits(), 32)}, Gw: n.Local.HostIP().AsSlice()}
-	if err := netlink.RouteAdd(back); err != nil {
-		t.Fatalf("route to the pods via the Cilium node: %v", err)
-	}
-	t.Cleanup(func() { _ = netlink.RouteDel(back) })
 	go func() {
 		for {
 			c, err := world.Accept()
@@ -85,7 +82,7 @@ func TestCiliumFQDN(t *testing.T) {
 	}()
 	// short.example.test and the race's names are unused here.
 	startHelperServer(t, n, dnsPod, "app", "fqdnserve", api.IP.String(), other.IP.String(), api.IP.String(), n.Local.PodCIDR().Addr().String(),
-		world.Addr().(*net.TCPAddr).IP.String())
+		outside.String())
 	server := netip.AddrPortFrom(dnsPod.IP, 53).String()
 	start := time.Now()
 	// ApplyPolicy waits until the cilium-agent imports the generated CNP,
@@ -105,8 +102,6 @@ func TestCiliumFQDN(t *testing.T) {
 
 	t.Run("the sidecar reaches api.example.test by name", func(t *testing.T) {
 		for _, proto := range []string{"udp", "tcp"} {
-			// Cilium regenerates the endpoint after the import: retry
-			// until its DNS redirect is in place.
 			waitFor(t, "log-shipper's lookup over "+proto, func() error {
 				out := run("log-shipper", "fqdn", server, proto, "api.example.test", "A", "8080")
 				if !strings.HasPrefix(out, apiAnswer) || !strings.Contains(out, "CONNECT OK") {
@@ -188,7 +183,7 @@ func TestCiliumFQDN(t *testing.T) {
 		})
 		waitFor(t, "Cilium's verdict on it", func() error {
 			flows, err := n.Local.CiliumFlows(context.Background(), since, time.Time{}, &flowpb.FlowFilter{
-				SourceIp: []string{web.IP.String()}, DestinationIp: []string{world.Addr().(*net.TCPAddr).IP.String()},
+				SourceIp: []string{web.IP.String()}, DestinationIp: []string{outside.String()},
 			})
 			if err != nil {
 				return err

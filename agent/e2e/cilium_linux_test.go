@@ -380,7 +380,11 @@ spec:
 		}
 		logSvc := createService(t, n, "logging-by-name", logging)
 		name := "logging-by-name." + n.Namespace + ".svc.cluster.local"
-		startHelperServer(t, n, dnsPod, "coredns", "dns", name+"="+logSvc.Addr().String())
+		srv, err := n.Local.ServeDNS(ctx, dnsPod, "coredns", 53, map[string]netip.Addr{name: logSvc.Addr()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Stop() })
 		kubeDNS := n.CreateService("kube-system", "kube-dns-"+agentnode.RandHex(3), dnsPod, "dns", corev1.ProtocolUDP, 53, 53)
 		resolve := func(container string) (string, error) {
 			pr, err := n.Local.RunInContainer(web, container, []string{exe, helperArg, "resolve", kubeDNS.String(), name})

@@ -5,15 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/net/dns/dnsmessage"
 )
 
 // The test binary doubles as the traffic of the restart cases: started in
@@ -73,8 +70,6 @@ func runHelper(op string, args []string) int {
 			}
 			fmt.Printf("RX %s %s\n", from, buf[:n])
 		}
-	case "dns": // NAME=IP...: a DNS server on UDP 53 answering A queries
-		return serveDNS(args)
 	case "resolve": // SERVER NAME: one lookup through SERVER
 		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -106,56 +101,6 @@ func runHelper(op string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper op", op)
 	return 2
-}
-
-// serveDNS answers A queries for the names it is given, NXDOMAIN for any
-// other, as a cluster's DNS does for Service names.
-func serveDNS(pairs []string) int {
-	records := map[string]netip.Addr{}
-	for _, p := range pairs {
-		name, ip, _ := strings.Cut(p, "=")
-		records[strings.TrimSuffix(name, ".")+"."] = netip.MustParseAddr(ip)
-	}
-	pc, err := net.ListenPacket("udp4", ":53")
-	if err != nil {
-		fmt.Println("ERR", err)
-		return 1
-	}
-	fmt.Println("READY")
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			fmt.Println("ERR", err)
-			return 1
-		}
-		var p dnsmessage.Parser
-		h, err := p.Start(buf[:n])
-		if err != nil {
-			continue
-		}
-		q, err := p.Question()
-		if err != nil {
-			continue
-		}
-		resp := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
-		resp.EnableCompression()
-		ip, ok := records[q.Name.String()]
-		if !ok {
-			resp = dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RCode: dnsmessage.RCodeNameError})
-		}
-		_ = resp.StartQuestions()
-		_ = resp.Question(q)
-		if ok && q.Type == dnsmessage.TypeA && ip.Is4() {
-			_ = resp.StartAnswers()
-			_ = resp.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 30}, dnsmessage.AResource{A: ip.As4()})
-		}
-		out, err := resp.Finish()
-		if err == nil {
-			_, _ = pc.WriteTo(out, from)
-		}
-		fmt.Printf("QUERY %s %s\n", q.Name, q.Type)
-	}
 }
 
 // streamCounts reads the last "TX sent EPERM denied" line of a stream.

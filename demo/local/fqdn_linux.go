@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -182,60 +181,47 @@ func (d *demo) showCiliumFQDN(ctx context.Context) error {
 func (d *demo) showFQDNHubble(ctx context.Context) error {
 	dnsArgs := []string{"observe", "--server", d.hubbleAt, "--last", "20", "--protocol", "dns", "--to-pod", namespace + "/orders", "--to-label", "sidewall.io/container=telemetry"}
 	dropArgs := []string{"observe", "--server", d.hubbleAt, "--last", "1", "--verdict", "DROPPED", "--to-ip", d.pods["tracker"].IP.String(), "-o", "jsonpb"}
-	var dnsOut string
+	dnsJSON := append(slices.Clone(dnsArgs), "-o", "jsonpb")
+	var dnsRaw string
 	var lookup, drop *flowpb.Flow
 	err := poll(ctx, "hubble showing telemetry's lookups and its refused connection", func() (bool, error) {
 		var err error
-		if dnsOut, err = d.runHubble(ctx, dnsArgs...); err != nil {
-			return false, err
-		}
-		raw, err := d.runHubble(ctx, append(slices.Clone(dnsArgs), "-o", "jsonpb")...)
-		if err != nil {
+		if dnsRaw, err = d.runHubble(ctx, dnsJSON...); err != nil {
 			return false, err
 		}
 		lookup = nil
-		for _, f := range parseFlows(raw) {
+		for _, f := range parseFlows(dnsRaw) {
 			if q := f.GetL7().GetDns(); q != nil && q.GetQuery() == saasName+"." && slices.Contains(q.GetIps(), d.pods["saas"].IP.String()) {
 				lookup = f
 			}
 		}
-		if raw, err = d.runHubble(ctx, dropArgs...); err != nil {
+		raw, err := d.runHubble(ctx, dropArgs...)
+		if err != nil {
 			return false, err
 		}
 		drop = nil
-		for _, f := range parseFlows(raw) {
-			drop = f
+		if flows := parseFlows(raw); len(flows) > 0 {
+			drop = flows[len(flows)-1]
 		}
 		return lookup != nil && drop != nil, nil
 	})
 	if err != nil && ctx.Err() != nil {
 		return err
 	}
-	shown := ""
-	if jq, err := exec.LookPath("jq"); err == nil {
-		// The compact form does not print the answer: jq picks the
-		// query, its addresses and the container from the JSON form.
-		raw, err := d.runHubble(ctx, append(slices.Clone(dnsArgs), "-o", "jsonpb")...)
-		if err != nil {
+	// The compact form does not print the answer: jq picks the query, its
+	// addresses and the container from the JSON form.
+	dnsOut, shown, err := viaJQ(ctx, jqDNS, dnsRaw)
+	if err != nil {
+		return err
+	}
+	if shown == "" {
+		if dnsOut, err = d.runHubble(ctx, dnsArgs...); err != nil {
 			return err
 		}
-		cmd := exec.CommandContext(ctx, jq, "-r", jqDNS)
-		cmd.Stdin = strings.NewReader(raw)
-		b, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("jq: %w: %s", err, b)
-		}
-		dnsOut, shown = string(b), " -o jsonpb | jq -r '"+jqDNS+"'"
 	}
-	fmt.Fprintf(d.out, "$ hubble %s%s\n%s\n", strings.Join(dnsArgs, " "), shown, orNone(dnsOut))
-	fmt.Fprintf(d.out, "$ hubble %s   # its summary:\n", strings.Join(dropArgs, " "))
+	fmt.Fprintf(d.out, "$ hubble %s %s\n%s\n", strings.Join(dnsArgs, " "), shown, orNone(dnsOut))
 	summary := drop.GetSummary()
-	if drop == nil {
-		fmt.Fprintln(d.out, "(no flows)")
-	} else {
-		fmt.Fprintln(d.out, summary)
-	}
-	fmt.Fprintln(d.out)
+	fmt.Fprintf(d.out, "$ hubble %s   # its summary:\n%s\n\n", strings.Join(dropArgs, " "), orNone(summary))
 	d.addCheck("hubble shows telemetry's lookup of "+saasName+" and its answer", "shown", lookup != nil, "shown", "not shown")
 	named := strings.Contains(summary, "toFQDNs[0] (*.traces.example-saas.test)") && strings.Contains(summary, trackerName)
 	d.addCheck("the refused connection's summary names the missed toFQDNs rule and the name looked up", "named", named, "named", "not named")

@@ -589,15 +589,12 @@ func (d *demo) showHubble(ctx context.Context) error {
 	}
 	// The compact output names pods; the container is in the flow's
 	// labels and extensions, which jq picks out of the JSON form.
-	outShipper, shown := raw, "-o jsonpb"
-	if jq, err := exec.LookPath("jq"); err == nil {
-		cmd := exec.CommandContext(ctx, jq, "-r", jqFlow)
-		cmd.Stdin = strings.NewReader(raw)
-		b, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("jq: %w: %s", err, b)
-		}
-		outShipper, shown = string(b), "-o jsonpb | jq -r '"+jqFlow+"'"
+	outShipper, shown, err := viaJQ(ctx, jqFlow, raw)
+	if err != nil {
+		return err
+	}
+	if shown == "" {
+		outShipper, shown = raw, "-o jsonpb"
 	}
 	fmt.Fprintf(d.out, "$ hubble %s %s\n%s\n", strings.Join(shipper, " "), shown, orNone(outShipper))
 	outApp, err := d.runHubble(ctx, app...)
@@ -639,6 +636,23 @@ func (d *demo) showCiliumFlowsNamed(ctx context.Context) error {
 	d.addCheck("Cilium's own flows of log-shipper name the container", "named", strings.Contains(out, "container from log-shipper"), "named", "not named")
 	fmt.Fprintln(d.out)
 	return nil
+}
+
+// viaJQ runs the hubble CLI's JSON output raw through jq's filter, if jq
+// is installed, and returns what it printed and how to show the command
+// ("-o jsonpb | jq -r '…'"); without jq both are "".
+func viaJQ(ctx context.Context, filter, raw string) (out, shown string, err error) {
+	jq, err := exec.LookPath("jq")
+	if err != nil {
+		return "", "", nil
+	}
+	cmd := exec.CommandContext(ctx, jq, "-r", filter)
+	cmd.Stdin = strings.NewReader(raw)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", "", fmt.Errorf("jq: %w: %s", err, b)
+	}
+	return string(b), "-o jsonpb | jq -r '" + filter + "'", nil
 }
 
 func (d *demo) addCheck(name, expected string, ok bool, good, bad string) {

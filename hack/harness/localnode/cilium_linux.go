@@ -139,6 +139,23 @@ func (n *Node) NetnsName() string {
 	return n.cilium.nsName
 }
 
+// OutsideHost makes the host's end of the link to the Cilium node (an
+// address in no pod and no node, so "world" to Cilium) reachable from the
+// pods: it adds the host's route back to the pod CIDR through the node.
+// It returns the address, where a listener in the host's network
+// namespace serves the pods, and the function that removes the route.
+func (n *Node) OutsideHost() (netip.Addr, func() error, error) {
+	if n.cilium == nil {
+		return netip.Addr{}, nil, errors.New("the node runs no Cilium")
+	}
+	pods := n.cilium.podCIDR
+	back := &netlink.Route{Dst: ipNet(pods.Addr(), pods.Bits()), Gw: n.cilium.nodeIP.AsSlice()}
+	if err := netlink.RouteAdd(back); err != nil {
+		return netip.Addr{}, nil, fmt.Errorf("route to %s via the Cilium node %s: %w", pods, n.cilium.nodeIP, err)
+	}
+	return n.cilium.nodeIP.Prev(), func() error { return netlink.RouteDel(back) }, nil
+}
+
 // CiliumSocket is the Cilium agent's API socket (empty without Cilium).
 func (n *Node) CiliumSocket() string {
 	if n.cilium == nil {
@@ -265,7 +282,7 @@ func (c *ciliumNode) makeNodeNetns(n *Node) error {
 		return fmt.Errorf("cilium: node veth: %w", err)
 	}
 	disableIPv6(c.hostVth)
-	hostAddr := c.nodeIP.Prev()
+	hostAddr := c.nodeIP.Prev() // OutsideHost serves the pods here
 	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(hostAddr, 24)}); err != nil {
 		return fmt.Errorf("cilium: address %s: %w", c.hostVth, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -15,9 +14,11 @@ import (
 	"strings"
 	"time"
 
+	policyapi "github.com/cilium/cilium/api/v1/client/policy"
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"github.com/cilium/cilium/api/v1/models"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
+	ciliumclient "github.com/cilium/cilium/pkg/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -160,11 +161,12 @@ func logfmt(line string) map[string]string {
 // from the CiliumNetworkPolicy ns/name (GET /v1/policy, as `cilium-dbg
 // policy get` asks).
 func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, error) {
-	if n.cilium == nil {
-		return 0, errors.New("the node runs no Cilium")
+	api, err := n.ciliumAPI()
+	if err != nil {
+		return 0, err
 	}
-	var pol models.Policy
-	if _, err := n.ciliumGET(ctx, "/v1/policy", &pol); err != nil {
+	pol, err := api.PolicyGet()
+	if err != nil {
 		return 0, err
 	}
 	var rules []struct {
@@ -194,13 +196,19 @@ func (n *Node) CiliumPolicyRules(ctx context.Context, ns, name string) (int, err
 // /v1/fqdn/cache, as `cilium-dbg fqdn cache list` asks): per endpoint, the
 // names looked up and the addresses they resolved to.
 func (n *Node) CiliumFQDNCache(ctx context.Context) ([]*models.DNSLookup, error) {
-	var out []*models.DNSLookup
-	status, err := n.ciliumGET(ctx, "/v1/fqdn/cache", &out)
-	if status == http.StatusNotFound {
+	api, err := n.ciliumAPI()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := api.Policy.GetFqdnCache(policyapi.NewGetFqdnCacheParamsWithContext(ctx))
+	if _, empty := errors.AsType[*policyapi.GetFqdnCacheNotFound](err); empty {
 		// The cache holds nothing that matches.
 		return nil, nil
 	}
-	return out, err
+	if err != nil {
+		return nil, fmt.Errorf("GET /v1/fqdn/cache: %w", err)
+	}
+	return resp.Payload, nil
 }
 
 // WaitCiliumRedirect waits until the Cilium endpoint of the pod with
@@ -211,13 +219,17 @@ func (n *Node) CiliumFQDNCache(ctx context.Context) ([]*models.DNSLookup, error)
 // waits until the endpoint has realized the policy repository's current
 // revision: that regeneration finished, the policy map included.
 func (n *Node) WaitCiliumRedirect(ctx context.Context, ip netip.Addr, parser string, port int) error {
-	var pol models.Policy
-	if _, err := n.ciliumGET(ctx, "/v1/policy", &pol); err != nil {
+	api, err := n.ciliumAPI()
+	if err != nil {
+		return err
+	}
+	pol, err := api.PolicyGet()
+	if err != nil {
 		return err
 	}
 	for {
-		var eps []*models.Endpoint
-		if _, err := n.ciliumGET(ctx, "/v1/endpoint", &eps); err != nil {
+		eps, err := api.EndpointList()
+		if err != nil {
 			return err
 		}
 		found := false
@@ -249,33 +261,13 @@ func (n *Node) WaitCiliumRedirect(ctx context.Context, ip netip.Addr, parser str
 	}
 }
 
-// ciliumGET asks the Cilium agent's API for path and decodes its JSON
-// answer into out. It returns the HTTP status too, and an error for any
-// status but 200.
-func (n *Node) ciliumGET(ctx context.Context, path string, out any) (int, error) {
+// ciliumAPI is Cilium's own API client (pkg/client, which cilium-dbg
+// uses) on the agent's socket.
+func (n *Node) ciliumAPI() (*ciliumclient.Client, error) {
 	if n.cilium == nil {
-		return 0, errors.New("the node runs no Cilium")
+		return nil, errors.New("the node runs no Cilium")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://cilium"+path, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := n.cilium.client().Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, fmt.Errorf("GET %s: %s: %s", path, resp.Status, body)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return resp.StatusCode, fmt.Errorf("GET %s: %w: %s", path, err, body)
-	}
-	return resp.StatusCode, nil
+	return ciliumclient.NewClient("unix://" + n.cilium.socket())
 }
 
 // CiliumFlows returns the flows the Cilium agent's own Hubble recorded

@@ -60,48 +60,39 @@ func helperMain(args []string) int {
 	}
 	switch args[0] {
 	case "serve":
-		if args[1] != "dns" {
-			break
+		var err error
+		if args[1] == "dns" {
+			err = serveDNS(args[2], args[3:])
+		} else {
+			err = serve(args[1], args[2], ident)
 		}
-		if err := serveDNS(args[2], args[3:]); err != nil {
-			fmt.Fprintln(os.Stderr, "serve dns:", err)
-			return 1
-		}
-		return 0
-	case "httpdns":
-		if len(args) < 5 {
-			return usage()
-		}
-		timeout, err := time.ParseDuration(args[4])
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "timeout:", err)
-			return 2
-		}
-		b, _ := json.Marshal(httpByName(args[1], args[2], args[3], timeout))
-		fmt.Printf("%s%s\n", resultMarker, b)
-		return 0
-	}
-	switch args[0] {
-	case "serve":
-		if err := serve(args[1], args[2], ident); err != nil {
 			fmt.Fprintln(os.Stderr, "serve:", err)
 			return 1
 		}
 		return 0
-	case "dial", "http":
-		if len(args) < 4 {
+	case "dial", "http", "httpdns":
+		// The clients' last argument is the timeout.
+		n := 4
+		if args[0] == "httpdns" {
+			n = 5
+		}
+		if len(args) < n {
 			return usage()
 		}
-		timeout, err := time.ParseDuration(args[3])
+		timeout, err := time.ParseDuration(args[n-1])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "timeout:", err)
 			return 2
 		}
 		var r result
-		if args[0] == "dial" {
+		switch args[0] {
+		case "dial":
 			r = dial(args[1], args[2], ident, timeout)
-		} else {
+		case "http":
 			r = httpRequest(args[1], args[2], timeout)
+		default:
+			r = httpByName(args[1], args[2], args[3], timeout)
 		}
 		b, _ := json.Marshal(r)
 		fmt.Printf("%s%s\n", resultMarker, b)
